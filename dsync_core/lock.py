@@ -1,0 +1,179 @@
+"""The two lock kinds Dovecot uses, so that our locks and Dovecot's exclude each other.
+
+* :class:`DotLock`: ``<file>.lock`` created with ``O_CREAT|O_EXCL`` and content
+  ``<pid>:<hostname>``; stale when its owner is a dead local process or it has not been
+  touched for ``stale_after`` seconds (Dovecot: 120 s for maildir uidlist and keywords).
+* :class:`FcntlLock`: a whole-file POSIX write lock, waited for with a timeout.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+from types import TracebackType
+
+from .errors import LockTimeoutError, StorageError
+
+_POLL = 0.05
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DotLock:
+    """``path + '.lock'`` held exclusively; usable as a context manager."""
+
+    def __init__(self, path: str, *, timeout: float = 120.0, stale_after: float = 120.0) -> None:
+        self.target = path
+        self.path = path + ".lock"
+        self.timeout = timeout
+        self.stale_after = stale_after
+        self._held = False
+        self._last_touch = 0.0
+
+    def _is_stale(self) -> bool:
+        try:
+            st = os.stat(self.path)
+            with open(self.path, "rb") as f:
+                content = f.read(256).decode("ascii", "replace")
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return False
+        pid_s, _, host = content.partition(":")
+        if host.strip() == socket.gethostname() and pid_s.isdigit():
+            if not _pid_alive(int(pid_s)):
+                return True
+        return time.time() - st.st_mtime > self.stale_after
+
+    def acquire(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        content = f"{os.getpid()}:{socket.gethostname()}".encode()
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                if self._is_stale():
+                    try:
+                        os.unlink(self.path)
+                    except FileNotFoundError:
+                        pass
+                    continue
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(f"Timeout while waiting for lock {self.path}") from None
+                time.sleep(_POLL)
+                continue
+            except OSError as e:
+                raise StorageError(f"Cannot create lock file {self.path}: {e.strerror}") from None
+            try:
+                os.write(fd, content)
+            finally:
+                os.close(fd)
+            self._held = True
+            self._last_touch = time.monotonic()
+            return
+
+    def touch(self) -> None:
+        """Keep a long-held lock from looking stale (Dovecot touches every 10 s)."""
+        if self._held and time.monotonic() - self._last_touch > 10:
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+            self._last_touch = time.monotonic()
+
+    def replace_target(self) -> None:
+        """Rename the lock file (holding new content) over the target: write and unlock."""
+        if not self._held:
+            raise RuntimeError("replace_target() without holding the lock")
+        os.replace(self.path, self.target)
+        self._held = False
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def __enter__(self) -> DotLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+
+class FcntlLock:
+    """A whole-file ``F_WRLCK`` on ``path`` (created if missing)."""
+
+    def __init__(self, path: str, *, timeout: float = 30.0, unlink_on_release: bool = False) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.unlink_on_release = unlink_on_release
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as e:
+                raise StorageError(f"Cannot open lock file {self.path}: {e.strerror}") from None
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise StorageError(f"Cannot lock {self.path}: {e.strerror}") from None
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(
+                        f"Couldn't lock {self.path}: timed out after {self.timeout:g} seconds"
+                    ) from None
+                time.sleep(_POLL)
+                continue
+            # The holder before us may have unlinked the file after we opened it.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            self._fd = fd
+            return
+
+    def release(self) -> None:
+        if self._fd is not None:
+            if self.unlink_on_release:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FcntlLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+
+__all__ = ["DotLock", "FcntlLock"]

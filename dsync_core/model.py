@@ -1,0 +1,177 @@
+"""Plain values that cross boundaries: between storages, the engine, plugins and the wire.
+
+All are attrs classes, frozen where they can be, so a plugin can never change a value
+another component is still looking at.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import BinaryIO
+
+import attrs
+
+#: IMAP system flags a storage keeps (``\\Recent`` is per session and never stored).
+SYSTEM_FLAGS: tuple[str, ...] = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_SYSTEM_FLAGS_LOWER = {f.lower(): f for f in SYSTEM_FLAGS}
+
+
+def normalize_flag(flag: str) -> str:
+    """Return a system flag in its canonical spelling, a keyword unchanged."""
+    return _SYSTEM_FLAGS_LOWER.get(flag.lower(), flag)
+
+
+def is_system_flag(flag: str) -> bool:
+    return flag.lower() in _SYSTEM_FLAGS_LOWER
+
+
+def _flagset(value: object) -> frozenset[str]:
+    if isinstance(value, str):
+        raise TypeError("flags must be a collection of strings, not a string")
+    return frozenset(value)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class MailboxInfo:
+    """One entry of a storage's mailbox tree.
+
+    ``name`` is the full user-visible name with ``/`` between hierarchy levels.
+    A ``selectable=False`` entry is a directory that only holds children (``\\Noselect``).
+    """
+
+    name: str
+    guid: str = ""
+    uidvalidity: int = 0
+    uidnext: int = 0
+    selectable: bool = True
+    special_use: str = ""
+
+
+@attrs.frozen
+class MailboxStatus:
+    """What ``STATUS`` tells about a mailbox, plus its GUID."""
+
+    guid: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    messages: int
+    unseen: int = 0
+    recent: int = 0
+    vsize: int = 0
+    first_unseen_seq: int = 0
+
+
+@attrs.frozen
+class MessageRecord:
+    """A message's metadata: everything but the body.
+
+    ``internaldate`` is the IMAP INTERNALDATE (received time) in UNIX seconds;
+    ``size`` the physical size as stored, ``vsize`` the RFC822.SIZE with CRLF line ends
+    (``None`` when the storage cannot tell without reading the body).
+    """
+
+    uid: int
+    guid: str
+    flags: frozenset[str] = attrs.field(default=frozenset(), converter=_flagset)
+    keywords: frozenset[str] = attrs.field(default=frozenset(), converter=_flagset)
+    modseq: int = 0
+    internaldate: int = 0
+    size: int | None = None
+    vsize: int | None = None
+    save_date: int = 0
+
+
+@attrs.frozen
+class ExpungeRecord:
+    """A message that was expunged at ``modseq``; ``guid`` may be empty if unknown."""
+
+    uid: int
+    guid: str
+    modseq: int
+
+
+class MailboxLogType(enum.IntEnum):
+    """Record types of Dovecot's ``dovecot.mailbox.log`` (the numbers are Dovecot's)."""
+
+    DELETE_MAILBOX = 1
+    DELETE_DIR = 2
+    RENAME = 3
+    SUBSCRIBE = 4
+    UNSUBSCRIBE = 5
+    CREATE_DIR = 6
+
+
+@attrs.frozen
+class MailboxLogRecord:
+    """A folder-level change with its time.
+
+    ``guid`` is 32 hex digits: the mailbox GUID for ``DELETE_MAILBOX``, otherwise a
+    128-bit hash of the mailbox name (see :func:`dsync_core.mailboxlog.name_hash`).
+    """
+
+    type: MailboxLogType
+    guid: str
+    timestamp: int
+
+
+@attrs.frozen
+class SaveRequest:
+    """A message to save. ``body`` is a readable binary stream, read in chunks.
+
+    Leave ``uid`` or ``guid`` empty to let the storage choose; a storage that cannot keep
+    a wanted UID raises instead of silently picking another one.
+    """
+
+    body: BinaryIO
+    uid: int | None = None
+    guid: str | None = None
+    flags: frozenset[str] = attrs.field(default=frozenset(), converter=_flagset)
+    keywords: frozenset[str] = attrs.field(default=frozenset(), converter=_flagset)
+    internaldate: int | None = None
+    save_date: int | None = None
+
+
+@attrs.frozen
+class FlagUpdate:
+    """Flag and keyword changes for one message. Adding wins over removing the same flag."""
+
+    uid: int
+    add_flags: frozenset[str] = attrs.field(default=frozenset(), converter=_flagset)
+    remove_flags: frozenset[str] = attrs.field(default=frozenset(), converter=_flagset)
+    add_keywords: frozenset[str] = attrs.field(default=frozenset(), converter=_flagset)
+    remove_keywords: frozenset[str] = attrs.field(default=frozenset(), converter=_flagset)
+
+    def apply(self, flags: frozenset[str], keywords: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+        """Return ``(flags, keywords)`` after this update."""
+        return (
+            (flags - self.remove_flags) | self.add_flags,
+            (keywords - self.remove_keywords) | self.add_keywords,
+        )
+
+
+@attrs.frozen
+class UserInfo:
+    """A user as a userdb reports it (``doveadm user`` fields)."""
+
+    name: str
+    home: str = ""
+    uid: int | None = None
+    gid: int | None = None
+    fields: dict[str, str] = attrs.field(factory=dict, hash=False)
+
+
+__all__ = [
+    "SYSTEM_FLAGS",
+    "normalize_flag",
+    "is_system_flag",
+    "MailboxInfo",
+    "MailboxStatus",
+    "MessageRecord",
+    "ExpungeRecord",
+    "MailboxLogType",
+    "MailboxLogRecord",
+    "SaveRequest",
+    "FlagUpdate",
+    "UserInfo",
+]

@@ -1,0 +1,937 @@
+"""MaildirStorage and MaildirMailbox: Dovecot-compatible Maildir with a change log beside it.
+
+Flags live in file names, UIDs in ``dovecot-uidlist``, keyword letters in
+``dovecot-keywords``. Modseqs and expunge records come from the core change log, keyed by
+mailbox GUID. A mailbox is rescanned only when the stat of ``cur/``, ``new/``,
+``dovecot-uidlist`` or ``dovecot-keywords`` differs from the stamp saved with the change
+log; otherwise every answer comes from the change log without listing a directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from dsync_core import mailboxlog, subscriptions
+from dsync_core.changelog import ChangeLog, Entry, MailboxChanges
+from dsync_core.durable import fsync_dirs, fsync_enabled, sync_files
+from dsync_core.errors import (
+    EX_DATAERR,
+    ConfigError,
+    CorruptError,
+    ExistsError,
+    InvalidNameError,
+    NotFoundError,
+    StorageError,
+    UsageError,
+)
+from dsync_core.location import Location
+from dsync_core.lock import DotLock
+from dsync_core.model import (
+    ExpungeRecord,
+    FlagUpdate,
+    MailboxInfo,
+    MailboxLogRecord,
+    MailboxLogType,
+    MailboxStatus,
+    MessageRecord,
+    SaveRequest,
+    UserInfo,
+    normalize_flag,
+)
+from dsync_core.settings import Settings
+from dsync_core.storage import HIERARCHY_SEP, Mailbox, Storage, normalize_mailbox_name, parent_names
+from dsync_core.uidvalidity import allocate_uidvalidity
+
+from . import filename as fn
+from . import keywords as kwmod
+from . import uidlist as ulmod
+from .layout import MAILDIR_SUBDIRS, Layout
+
+log = logging.getLogger("dsync.maildir")
+
+CHUNK = 64 * 1024
+RACY_SECONDS = 2.0
+LOCK_TIMEOUT = 120.0
+CHANGELOG_NAME = "dsync-changelog.sqlite"
+_INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
+_CONTROL_FILES = (ulmod.FILENAME, kwmod.FILENAME, "maildirfolder")
+
+
+def _is_guid128(value: str) -> bool:
+    if len(value) != 32:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _new_guid() -> str:
+    return secrets.token_hex(16)
+
+
+class MaildirStorage(Storage):
+    scheme = "maildir"
+    have_guids = True
+    have_save_guids = True
+    have_only_guid128 = False
+    have_modseqs = True
+
+    def __init__(
+        self,
+        location: Location,
+        settings: Settings | None = None,
+        user: UserInfo | None = None,
+        *,
+        changelog: ChangeLog | None = None,
+    ) -> None:
+        if not location.path:
+            raise ConfigError(f"Mail location {location}: the Maildir path is missing")
+        super().__init__(os.path.abspath(location.path))
+        self.settings = settings if settings is not None else Settings()
+        self.user = user
+        opts = location.options
+        layout = (opts.get("LAYOUT") or "maildir++").lower()
+        if layout not in ("maildir++", "fs"):
+            raise ConfigError(f"Mail location {location}: unknown LAYOUT={opts.get('LAYOUT')} (use fs or maildir++)")
+        self.layout = Layout(
+            self.root,
+            fs=layout == "fs",
+            utf8="UTF-8" in opts,
+            inbox=opts.get("INBOX") or None,
+            control=opts.get("CONTROL") or None,
+            index=opts.get("INDEX") or None,
+        )
+        self.fsync = fsync_enabled(self.settings)
+        self._owner: tuple[int, int] | None = None
+        self._create_root()
+        if changelog is None:
+            from dsync_core.plugin.manager import get_plugin_manager
+
+            path = os.path.join(self.layout.index_root, CHANGELOG_NAME)
+            changelog = get_plugin_manager().hook.dsync_changelog_open(path=path, settings=self.settings)
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    self.own(path + suffix)
+        assert changelog is not None
+        self.changelog: ChangeLog = changelog
+
+    # -- filesystem helpers ------------------------------------------------------------
+    def _create_root(self) -> None:
+        try:
+            probe = self.root
+            while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+                probe = os.path.dirname(probe)
+            st = os.stat(probe)
+            if os.geteuid() == 0 and st.st_uid != 0:
+                # Running as root on a user's mail: keep everything owned by that user.
+                self._owner = (st.st_uid, st.st_gid)
+            if not os.path.isdir(self.root):
+                os.makedirs(self.root, mode=0o700, exist_ok=True)
+                self.own(self.root)
+            for d in {self.layout.control_root, self.layout.index_root, self.layout.inbox}:
+                self.makedirs(d)
+            for sub in MAILDIR_SUBDIRS:
+                self.makedirs(os.path.join(self.layout.inbox, sub))
+        except OSError as e:
+            raise StorageError(f"Cannot create Maildir {self.root}: {e.strerror}") from None
+
+    def own(self, path: str) -> None:
+        """Give a file we created to the owner of the mail root (when running as root)."""
+        if self._owner is not None:
+            with contextlib.suppress(OSError):
+                os.lchown(path, *self._owner)
+
+    def _inside(self, path: str) -> bool:
+        path = os.path.abspath(path)
+        for r in {self.root, self.layout.control_root, self.layout.index_root, self.layout.inbox}:
+            if path == r or path.startswith(r.rstrip("/") + "/"):
+                return True
+        return False
+
+    def makedirs(self, path: str) -> None:
+        """Create a directory (and parents) inside our roots only, owned like the root."""
+        path = os.path.abspath(path)
+        if not self._inside(path):
+            raise StorageError(f"Refusing to create {path}: outside the mail location")
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(path)
+        if parent != path and not os.path.isdir(parent):
+            if self._inside(parent):
+                self.makedirs(parent)
+            else:
+                os.makedirs(parent, mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            return
+        self.own(path)
+
+    def _rmtree(self, path: str) -> None:
+        path = os.path.abspath(path)
+        roots = {self.root, self.layout.control_root, self.layout.index_root, self.layout.inbox}
+        if path in roots or not self._inside(path):
+            raise StorageError(f"Refusing to remove {path}")
+        shutil.rmtree(path, ignore_errors=True)
+
+    def _log(self, kind: MailboxLogType, guid: str) -> None:
+        path = os.path.join(self.layout.index_root, mailboxlog.FILENAME)
+        mailboxlog.append_log(path, [MailboxLogRecord(kind, guid, mailboxlog.now())])
+        self.own(path)
+
+    def _exists(self, name: str) -> bool:
+        if name == "INBOX":
+            return True
+        d = self.layout.mail_dir(name)
+        if self.layout.fs:
+            return os.path.isdir(os.path.join(d, "cur"))
+        return os.path.isdir(d)
+
+    # -- mailbox tree ------------------------------------------------------------------
+    def list_mailboxes(self) -> list[MailboxInfo]:
+        found = self.layout.existing()
+        found["INBOX"] = True
+        for name in list(found):
+            for parent in parent_names(name):
+                found.setdefault(parent, False)
+        out: list[MailboxInfo] = []
+        for name in sorted(found, key=lambda n: (n != "INBOX", n.split(HIERARCHY_SEP))):
+            if not found[name]:
+                out.append(MailboxInfo(name=name, selectable=False))
+                continue
+            with self.open_mailbox(name) as box:
+                out.append(MailboxInfo(name=name, guid=box.guid, uidvalidity=box.header_uidvalidity))
+        return out
+
+    def create_mailbox(self, name: str, *, guid: str | None = None, uidvalidity: int | None = None) -> MailboxInfo:
+        name = self.layout.validate(name)
+        if guid is not None and not _is_guid128(guid):
+            raise UsageError(f"Invalid mailbox GUID {guid!r}: expected 32 hex digits")
+        if uidvalidity is not None and not (0 < uidvalidity < 2**32):
+            raise UsageError(f"Invalid UIDVALIDITY {uidvalidity}: must be 1..4294967295")
+        if self._exists(name):  # INBOX always exists (use update_status to change it)
+            raise ExistsError(f"Mailbox already exists: {name}")
+        d = self.layout.mail_dir(name)
+        try:
+            self.makedirs(d)
+            for sub in MAILDIR_SUBDIRS:
+                self.makedirs(os.path.join(d, sub))
+            if not self.layout.fs and name != "INBOX":
+                marker = os.path.join(d, "maildirfolder")
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
+                self.own(marker)
+            self.makedirs(self.layout.control_dir(name))
+            self.makedirs(self.layout.index_dir(name))
+        except OSError as e:
+            raise StorageError(f"Cannot create mailbox {name}: {e.strerror}") from None
+        box = MaildirMailbox(self, name, create_header=False)
+        try:
+            box.init_header(guid=guid, uidvalidity=uidvalidity)
+            return MailboxInfo(name=name, guid=box.guid, uidvalidity=box.header_uidvalidity)
+        finally:
+            box.close()
+
+    def _children(self, name: str) -> list[str]:
+        prefix = name + HIERARCHY_SEP
+        return sorted(n for n in self.layout.existing() if n.startswith(prefix))
+
+    def delete_mailbox(self, name: str) -> None:
+        name = self.layout.validate(name)
+        if name == "INBOX":
+            raise StorageError("INBOX can't be deleted.", exit_code=EX_DATAERR)
+        if not self._exists(name):
+            raise NotFoundError(f"Mailbox doesn't exist: {name}")
+        with self.open_mailbox(name) as box:
+            guid = box.guid
+            with box.locked():
+                self._remove_mailbox_files(name, has_children=bool(self._children(name)))
+        self.changelog.forget_mailbox(guid)
+        self._log(MailboxLogType.DELETE_MAILBOX, guid)
+
+    def _remove_mailbox_files(self, name: str, *, has_children: bool) -> None:
+        dirs = dict.fromkeys([self.layout.mail_dir(name), self.layout.control_dir(name), self.layout.index_dir(name)])
+        if not self.layout.fs or not has_children:
+            # Maildir++ children are sibling directories: the whole directory can go.
+            for d in dirs:
+                self._rmtree(d)
+            return
+        for d in dirs:
+            for sub in MAILDIR_SUBDIRS:
+                p = os.path.join(d, sub)
+                if os.path.isdir(p):
+                    self._rmtree(p)
+            for f in (*_CONTROL_FILES, *_INDEX_FILES):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(d, f))
+
+    def rename_mailbox(self, old: str, new: str) -> None:
+        old = self.layout.validate(old)
+        new = self.layout.validate(new)
+        if old == "INBOX":
+            raise StorageError("Renaming INBOX isn't supported.", exit_code=EX_DATAERR)
+        if new == old or new.startswith(old + HIERARCHY_SEP):
+            raise InvalidNameError(f"Can't rename mailbox {old} to {new}: can't rename mailbox under itself")
+        existing = self.layout.existing()
+        children = [n for n in existing if n.startswith(old + HIERARCHY_SEP)]
+        if old not in existing and not children:
+            raise NotFoundError(f"Mailbox doesn't exist: {old}")
+        if new == "INBOX" or new in existing:
+            raise ExistsError(f"Mailbox already exists: {new}")
+        if self.layout.fs:
+            pairs = [(old, new)]
+        else:
+            pairs = [(n, new + n[len(old):]) for n in sorted([old, *children]) if n in existing]
+        getters = [self.layout.mail_dir]
+        if self.layout.control_root != self.root:
+            getters.append(self.layout.control_dir)
+        if self.layout.index_root != self.root:
+            getters.append(self.layout.index_dir)
+        try:
+            for src, dst in pairs:
+                for get in getters:
+                    s, d = get(src), get(dst)
+                    if not os.path.isdir(s):
+                        continue
+                    if os.path.exists(d):
+                        raise ExistsError(f"Mailbox already exists: {dst}")
+                    self.makedirs(os.path.dirname(d))
+                    os.rename(s, d)
+        except OSError as e:
+            raise StorageError(f"Can't rename mailbox {old} to {new}: {e.strerror}") from None
+        fsync_dirs({os.path.dirname(get(p)) for get in getters for _, p in pairs}, enabled=self.fsync)
+        self._log(MailboxLogType.RENAME, mailboxlog.name_hash(new))
+
+    def mailbox_log(self) -> list[MailboxLogRecord]:
+        return mailboxlog.read_log(os.path.join(self.layout.index_root, mailboxlog.FILENAME))
+
+    # -- subscriptions -----------------------------------------------------------------
+    def _subs_path(self) -> str:
+        return os.path.join(self.layout.control_root, "subscriptions")
+
+    def subscriptions(self) -> list[str]:
+        out: list[str] = []
+        for levels in subscriptions.read_subscriptions(self._subs_path(), v1_separator=self.layout.sep):
+            try:
+                name = normalize_mailbox_name(HIERARCHY_SEP.join(self.layout.decode_level(x) for x in levels))
+            except InvalidNameError as e:
+                log.warning("Ignoring subscription %r in %s: %s", levels, self._subs_path(), e.message)
+                continue
+            if name not in out:
+                out.append(name)
+        return out
+
+    def set_subscribed(self, name: str, subscribed: bool) -> None:
+        name = self.layout.validate(name)
+        levels = self.layout.storage_levels(name)
+        current = subscriptions.read_subscriptions(self._subs_path(), v1_separator=self.layout.sep)
+        has = levels in current
+        if subscribed and not has:
+            subscriptions.write_subscriptions(self._subs_path(), [*current, levels])
+        elif not subscribed and has:
+            subscriptions.write_subscriptions(self._subs_path(), [x for x in current if x != levels])
+        self.own(self._subs_path())
+        kind = MailboxLogType.SUBSCRIBE if subscribed else MailboxLogType.UNSUBSCRIBE
+        self._log(kind, mailboxlog.name_hash(name))
+
+    # -- mailboxes ---------------------------------------------------------------------
+    def open_mailbox(self, name: str) -> MaildirMailbox:
+        name = self.layout.validate(name)
+        if not self._exists(name):
+            raise NotFoundError(f"Mailbox doesn't exist: {name}")
+        return MaildirMailbox(self, name)
+
+    def close(self) -> None:
+        self.changelog.close()
+        path = os.path.join(self.layout.index_root, CHANGELOG_NAME)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                self.own(path + suffix)
+
+
+class MaildirMailbox(Mailbox):
+    storage: MaildirStorage
+
+    def __init__(self, storage: MaildirStorage, name: str, *, create_header: bool = True) -> None:
+        super().__init__(storage, name)
+        lay = storage.layout
+        self.dir = lay.mail_dir(name)
+        self.control = lay.control_dir(name)
+        self.uidlist_path = os.path.join(self.control, ulmod.FILENAME)
+        self.keywords_path = os.path.join(self.control, kwmod.FILENAME)
+        self._lock = DotLock(self.uidlist_path, timeout=LOCK_TIMEOUT, stale_after=120)
+        self._lock_depth = 0
+        self._guid = ""
+        self.header_uidvalidity = 0
+        self.changes: MailboxChanges | None = None
+        # Dovecot creates missing cur/new/tmp of an existing mailbox directory.
+        for sub in MAILDIR_SUBDIRS:
+            p = os.path.join(self.dir, sub)
+            if not os.path.isdir(p):
+                storage.makedirs(p)
+        if not os.path.isdir(self.control):
+            storage.makedirs(self.control)
+        if create_header:
+            header, _ = ulmod.read_header(self.uidlist_path)
+            if header is None or not header.guid:
+                self.init_header()
+            else:
+                self._set_guid(header.guid)
+                self.header_uidvalidity = header.uidvalidity
+
+    # -- header and lock ---------------------------------------------------------------
+    def _set_guid(self, guid: str) -> None:
+        self._guid = guid
+        self.changes = self.storage.changelog.mailbox(guid)
+
+    @property
+    def guid(self) -> str:
+        return self._guid
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``dovecot-uidlist.lock`` (reentrant within this object)."""
+        if self._lock_depth == 0:
+            self._lock.acquire()
+            self.storage.own(self._lock.path)
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                self._lock.release()
+
+    def init_header(self, *, guid: str | None = None, uidvalidity: int | None = None) -> None:
+        """Create the uidlist, or add a missing mailbox GUID to it (as Dovecot does)."""
+        with self.locked():
+            ul, st = ulmod.read(self.uidlist_path)
+            if ul is None:
+                ul = ulmod.Uidlist(
+                    uidvalidity=uidvalidity
+                    or allocate_uidvalidity(self.storage.layout.control_root, chown=self.storage.own),
+                    next_uid=1,
+                    guid=guid or _new_guid(),
+                )
+                ulmod.rewrite(self.uidlist_path, ul, None, fsync=self.storage.fsync, chown=self.storage.own)
+            elif not ul.guid or guid or uidvalidity:
+                ul.guid = guid or ul.guid or _new_guid()
+                if uidvalidity:
+                    ul.uidvalidity = uidvalidity
+                ul.next_uid = ul.effective_next_uid
+                ulmod.rewrite(self.uidlist_path, ul, st, fsync=self.storage.fsync, chown=self.storage.own)
+            self._set_guid(ul.guid)
+            self.header_uidvalidity = ul.uidvalidity
+
+    # -- change detection --------------------------------------------------------------
+    def _disk_stamp(self) -> tuple[str, bool]:
+        parts: list[str] = []
+        racy = False
+        now = time.time()
+        for p in (os.path.join(self.dir, "cur"), os.path.join(self.dir, "new"), self.uidlist_path, self.keywords_path):
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                parts.append("-")
+                continue
+            parts.append(f"{st.st_ino}.{st.st_size}.{st.st_mtime_ns}")
+            if now - st.st_mtime < RACY_SECONDS:
+                racy = True
+        return " ".join(parts), racy
+
+    def _saved_stamp(self) -> dict[str, object]:
+        assert self.changes is not None
+        text = self.changes.meta().stamp
+        if not text:
+            return {}
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _refresh(self) -> tuple[int, int]:
+        """(UIDVALIDITY, UIDNEXT), rescanning only when the disk changed since last time."""
+        disk, _ = self._disk_stamp()
+        saved = self._saved_stamp()
+        if saved.get("disk") == disk and saved.get("g") == self._guid:
+            return int(saved["v"]), int(saved["n"])  # type: ignore[call-overload]
+        return self._rescan()
+
+    def _rescan(self) -> tuple[int, int]:
+        with self.locked():
+            disk, racy = self._disk_stamp()
+            ul, ul_st = ulmod.read(self.uidlist_path)
+            if ul is None or not ul.guid:
+                self.init_header()
+                ul, ul_st = ulmod.read(self.uidlist_path)
+                assert ul is not None
+            if ul.guid != self._guid:
+                self._set_guid(ul.guid)
+            assert self.changes is not None
+            saved = self._saved_stamp()
+            if saved.get("v") and saved.get("v") != ul.uidvalidity:
+                self.changes.reset()
+            self.header_uidvalidity = ul.uidvalidity
+            kw, _ = kwmod.read(self.keywords_path)
+
+            files: dict[str, tuple[str, fn.MaildirName]] = {}
+            for sub in ("new", "cur"):
+                try:
+                    it = os.scandir(os.path.join(self.dir, sub))
+                except FileNotFoundError:
+                    continue
+                with it:
+                    for e in it:
+                        parsed = fn.parse_name(e.name)
+                        if parsed is None:
+                            continue
+                        if parsed.base in files:
+                            log.warning(
+                                "Duplicate Maildir base name %r in %s: ignoring %s/%s",
+                                parsed.base, self.dir, sub, e.name,
+                            )
+                            continue
+                        files[parsed.base] = (sub, parsed)
+
+            by_base = ul.by_base()
+            unknown = sorted((b for b in files if b not in by_base), key=fn.new_file_sort_key)
+            nxt = ul.effective_next_uid
+            new_records = []
+            for b in unknown:
+                new_records.append(ulmod.UidlistRecord(nxt, b))
+                nxt += 1
+            own = self.storage.own
+            if ul.needs_rewrite:
+                ul.records.extend(new_records)
+                ul.next_uid = ul.effective_next_uid
+                ulmod.rewrite(self.uidlist_path, ul, ul_st, fsync=self.storage.fsync, chown=own)
+            elif new_records:
+                ulmod.append(self.uidlist_path, ul, new_records, fsync=self.storage.fsync)
+
+            old = {e.uid: e for e in self.changes.entries()}
+            upserts: list[Entry] = []
+            present: set[int] = set()
+            for rec in ul.records:
+                f = files.get(rec.base)
+                if f is None:
+                    continue
+                sub, mn = f
+                extra = f"{sub}/{mn.name}"
+                letters = mn.letters
+                flags = fn.flags_from_letters(letters)
+                kws = kw.names_for(fn.keyword_indexes(letters))
+                guid = rec.guid or rec.base
+                prev = old.get(rec.uid)
+                present.add(rec.uid)
+                if prev is not None and (prev.extra, prev.guid, prev.flags, prev.keywords) == (extra, guid, flags, kws):
+                    continue
+                if prev is not None and prev.guid == guid:
+                    internaldate, size, vsize = prev.internaldate, prev.size, prev.vsize
+                else:
+                    try:
+                        st = os.stat(os.path.join(self.dir, sub, mn.name))
+                    except FileNotFoundError:
+                        racy = True  # renamed or removed while we looked: look again next time
+                        if prev is None:
+                            present.discard(rec.uid)
+                        continue
+                    internaldate = int(st.st_mtime)
+                    size = mn.size if mn.size is not None else st.st_size
+                    vsize = mn.vsize
+                upserts.append(Entry(rec.uid, guid, flags, kws, 0, internaldate, size, vsize, extra))
+            expunged = [uid for uid in old if uid not in present]
+            uidnext = ul.effective_next_uid
+            disk_now, racy_now = self._disk_stamp()
+            # cur/ and new/ as seen before listing; the uidlist/keywords as we left them.
+            final = " ".join(disk.split(" ")[:2] + disk_now.split(" ")[2:])
+            stamp = json.dumps({"disk": "" if (racy or racy_now) else final, "v": ul.uidvalidity,
+                                "n": uidnext, "g": ul.guid})
+            self.changes.commit(upserts=upserts, expunged=expunged, stamp=stamp)
+            return ul.uidvalidity, uidnext
+
+    def _update_stamp_values(self, uidvalidity: int, uidnext: int) -> None:
+        """After our own uidlist change: keep the cached UIDNEXT right, force a rescan."""
+        assert self.changes is not None
+        self.changes.commit(stamp=json.dumps({"disk": "", "v": uidvalidity, "n": uidnext, "g": self._guid}))
+
+    # -- reading -----------------------------------------------------------------------
+    def status(self) -> MailboxStatus:
+        uidvalidity, uidnext = self._refresh()
+        assert self.changes is not None
+        meta = self.changes.meta()
+        return MailboxStatus(
+            guid=self._guid,
+            uidvalidity=uidvalidity,
+            uidnext=uidnext,
+            highestmodseq=meta.highestmodseq,
+            messages=meta.messages,
+            unseen=meta.unseen,
+        )
+
+    def records(self, since_modseq: int = 0) -> Iterator[MessageRecord]:
+        self._refresh()
+        assert self.changes is not None
+        return (e.record() for e in self.changes.entries(since_modseq))
+
+    def records_by_uid(self, uids: Iterable[int]) -> Iterator[MessageRecord]:
+        self._refresh()
+        assert self.changes is not None
+        return (e.record() for e in self.changes.entries_by_uid(uids))
+
+    def expunges(self, since_modseq: int = 0) -> list[ExpungeRecord]:
+        self._refresh()
+        assert self.changes is not None
+        return self.changes.expunges(since_modseq)
+
+    def _entry(self, uid: int) -> Entry | None:
+        assert self.changes is not None
+        for e in self.changes.entries_by_uid([uid]):
+            return e
+        return None
+
+    def open_body(self, uid: int) -> BinaryIO:
+        self._refresh()
+        for attempt in range(2):
+            e = self._entry(uid)
+            if e is not None:
+                try:
+                    return open(os.path.join(self.dir, e.extra), "rb")
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    raise StorageError(f"Cannot read {os.path.join(self.dir, e.extra)}: {err.strerror}") from None
+            if attempt == 0:
+                self._rescan()
+        raise NotFoundError(f"Message UID {uid} doesn't exist in mailbox {self.name}")
+
+    # -- writing -----------------------------------------------------------------------
+    def _keyword_indexes(self, kw: kwmod.Keywords, keywords: frozenset[str]) -> list[int]:
+        idx = kw.assign(keywords)
+        return sorted({idx[k] for k in keywords})
+
+    def save(self, requests: Iterable[SaveRequest]) -> list[MessageRecord]:
+        reqs = list(requests)
+        if not reqs:
+            return []
+        st = self.storage
+        own = st.own
+        with self.locked():
+            self._refresh()
+            ul, ul_st = ulmod.read(self.uidlist_path)
+            assert ul is not None and self.changes is not None
+            kw, kw_st = kwmod.read(self.keywords_path)
+            nxt = ul.effective_next_uid
+            wanted = [r.uid for r in reqs if r.uid is not None]
+            if len(set(wanted)) != len(wanted):
+                raise ExistsError(f"Cannot save to {self.name}: the same UID is wanted twice in one batch")
+            for u in wanted:
+                if u < nxt:
+                    raise ExistsError(
+                        f"Cannot save UID {u} in mailbox {self.name}: UIDs below the next UID {nxt} "
+                        "cannot be added to a Maildir"
+                    )
+            # Check every keyword fits before writing anything.
+            kw.assign(frozenset().union(*(r.keywords for r in reqs)))
+            taken = set(wanted)
+            uids: list[int] = []
+            cand = nxt
+            for r in reqs:
+                if r.uid is not None:
+                    uids.append(r.uid)
+                    continue
+                while cand in taken:
+                    cand += 1
+                uids.append(cand)
+                taken.add(cand)
+            known_bases = set(ul.by_base())
+            tmp_dir = os.path.join(self.dir, "tmp")
+            plans: list[dict[str, object]] = []
+            try:
+                for r, uid in zip(reqs, uids):
+                    gen = fn.generate_base()
+                    tmp = os.path.join(tmp_dir, gen)
+                    size, vsize = self._write_tmp(tmp, r.body)
+                    plans.append({"tmp": tmp})
+                    mtime = r.internaldate if r.internaldate is not None else int(time.time())
+                    os.utime(tmp, (time.time(), mtime))
+                    guid_field: str | None = None
+                    base = f"{gen},S={size},W={vsize}"
+                    if r.guid:
+                        if (
+                            fn.valid_base(r.guid)
+                            and fn.base_field(r.guid, "S") == size
+                            and fn.base_field(r.guid, "W") == vsize
+                            and r.guid not in known_bases
+                        ):
+                            base = r.guid
+                        elif any(c.isspace() for c in r.guid) or any(ord(c) < 0x20 for c in r.guid):
+                            log.warning("Cannot keep message GUID %r in %s: it contains whitespace", r.guid, self.name)
+                        else:
+                            guid_field = r.guid
+                    known_bases.add(base)
+                    flags = frozenset(normalize_flag(f) for f in r.flags)
+                    keywords = frozenset(kw.spelling(k) for k in r.keywords)
+                    letters = fn.letters_for(flags, self._keyword_indexes(kw, keywords))
+                    plans[-1].update(
+                        uid=uid, base=base, gfield=guid_field, letters=letters, size=size, vsize=vsize,
+                        mtime=mtime, flags=frozenset(fn.flags_from_letters(letters)), keywords=keywords,
+                    )
+                sync_files([str(p["tmp"]) for p in plans], enabled=st.fsync)
+                if kw.changed:
+                    kwmod.write(self.keywords_path, kw, kw_st, fsync=st.fsync, chown=own)
+                for p in plans:
+                    self._link_into_place(p, known_bases)
+            except BaseException:
+                for p in plans:
+                    with contextlib.suppress(OSError):
+                        os.unlink(str(p["tmp"]))
+                raise
+            fsync_dirs([os.path.join(self.dir, "new"), os.path.join(self.dir, "cur")], enabled=st.fsync)
+            new_records = []
+            for p in sorted(plans, key=lambda p: int(p["uid"])):  # type: ignore[call-overload]
+                fields = {"G": str(p["gfield"])} if p["gfield"] else {}
+                new_records.append(ulmod.UidlistRecord(int(p["uid"]), str(p["base"]), fields))  # type: ignore[call-overload]
+            ulmod.append(self.uidlist_path, ul, new_records, fsync=st.fsync)
+            entries = [
+                Entry(
+                    uid=int(p["uid"]),  # type: ignore[call-overload]
+                    guid=str(p["gfield"] or p["base"]),
+                    flags=p["flags"],  # type: ignore[arg-type]
+                    keywords=p["keywords"],  # type: ignore[arg-type]
+                    internaldate=int(p["mtime"]),  # type: ignore[call-overload]
+                    size=int(p["size"]),  # type: ignore[call-overload]
+                    vsize=int(p["vsize"]),  # type: ignore[call-overload]
+                    extra=str(p["extra"]),
+                )
+                for p in plans
+            ]
+            modseq = self.changes.commit(upserts=entries)
+            self._update_stamp_values(ul.uidvalidity, ul.effective_next_uid)
+            return [attrs_evolve_modseq(e.record(), modseq) for e in entries]
+
+    def _write_tmp(self, path: str, body: BinaryIO) -> tuple[int, int]:
+        """Stream a body into ``tmp/``; return (size, vsize with bare LF counted as CRLF)."""
+        size = 0
+        bare_lf = 0
+        prev = b""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise StorageError(f"Cannot create {path}: {e.strerror}") from None
+        try:
+            self.storage.own(path)
+            while True:
+                chunk = body.read(CHUNK)
+                if not chunk:
+                    break
+                if isinstance(chunk, str):
+                    raise UsageError("Message bodies must be binary streams")
+                size += len(chunk)
+                lf = chunk.count(b"\n")
+                crlf = chunk.count(b"\r\n") + (1 if prev == b"\r" and chunk[:1] == b"\n" else 0)
+                bare_lf += lf - crlf
+                prev = chunk[-1:]
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+        except OSError as e:
+            raise StorageError(f"Cannot write {path}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        return size, size + bare_lf
+
+    def _link_into_place(self, p: dict[str, object], known_bases: set[str]) -> None:
+        letters = str(p["letters"])
+        sub = "cur" if letters else "new"
+        for _ in range(3):
+            base = str(p["base"])
+            name = f"{base}:2,{letters}" if letters else base
+            dest = os.path.join(self.dir, sub, name)
+            clash = os.path.lexists(os.path.join(self.dir, "new", base))
+            if not clash:
+                try:
+                    os.link(str(p["tmp"]), dest)
+                except FileExistsError:
+                    clash = True
+                except OSError as e:
+                    raise StorageError(f"Cannot save {dest}: {e.strerror}") from None
+            if not clash:
+                os.unlink(str(p["tmp"]))
+                p["extra"] = f"{sub}/{name}"
+                return
+            # A GUID used as file name is taken on disk: fall back to a generated name.
+            if not p["gfield"] and base != os.path.basename(str(p["tmp"])):
+                p["gfield"] = base
+            p["base"] = f"{fn.generate_base()},S={p['size']},W={p['vsize']}"
+            known_bases.add(str(p["base"]))
+        raise StorageError(f"Cannot find a free file name in {self.dir}")
+
+    def update_flags(self, updates: Iterable[FlagUpdate]) -> list[MessageRecord]:
+        ups = list(updates)
+        if not ups:
+            return []
+        st = self.storage
+        with self.locked():
+            self._refresh()
+            assert self.changes is not None
+            current = {e.uid: e for e in self.changes.entries_by_uid(u.uid for u in ups)}
+            kw, kw_st = kwmod.read(self.keywords_path)
+            targets: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+            for u in ups:
+                e = current.get(u.uid)
+                if e is None:
+                    continue
+                flags, kws = targets.get(u.uid, (e.flags, e.keywords))
+                add_f = frozenset(normalize_flag(f) for f in u.add_flags)
+                rem_f = frozenset(normalize_flag(f) for f in u.remove_flags)
+                flags = frozenset(f for f in (flags - rem_f) | add_f if f in fn.FLAG_TO_LETTER)
+                low_rem = {k.lower() for k in u.remove_keywords}
+                kws = frozenset(k for k in kws if k.lower() not in low_rem) | frozenset(
+                    kw.spelling(k) for k in u.add_keywords
+                )
+                targets[u.uid] = (flags, kws)
+            kw.assign(frozenset().union(*(k for _, k in targets.values())) if targets else frozenset())
+            if kw.changed:
+                kwmod.write(self.keywords_path, kw, kw_st, fsync=st.fsync, chown=st.own)
+            upserts: list[Entry] = []
+            rescanned = False
+            for uid, (flags, kws) in targets.items():
+                e = current[uid]
+                letters = fn.letters_for(flags, self._keyword_indexes(kw, kws))
+                for _ in range(2):
+                    sub, _, name = e.extra.partition("/")
+                    mn = fn.parse_name(name)
+                    if mn is None:
+                        break
+                    new_name = fn.with_letters(mn, letters)
+                    if new_name == name:
+                        upserts.append(attrs_evolve_entry(e, flags, kws, e.extra))
+                        break
+                    try:
+                        os.rename(os.path.join(self.dir, sub, name), os.path.join(self.dir, sub, new_name))
+                    except FileNotFoundError:
+                        if rescanned:
+                            break
+                        self._rescan()
+                        rescanned = True
+                        fresh = self._entry(uid)
+                        if fresh is None:
+                            break
+                        e = fresh
+                        continue
+                    except OSError as err:
+                        raise StorageError(f"Cannot rename {name} in {self.dir}: {err.strerror}") from None
+                    upserts.append(attrs_evolve_entry(e, flags, kws, f"{sub}/{new_name}"))
+                    break
+            fsync_dirs([os.path.join(self.dir, "new"), os.path.join(self.dir, "cur")], enabled=st.fsync)
+            if not upserts:
+                return []
+            self.changes.commit(upserts=upserts)
+            return list(self.records_by_uid_nolock([u.uid for u in upserts]))
+
+    def records_by_uid_nolock(self, uids: list[int]) -> Iterator[MessageRecord]:
+        assert self.changes is not None
+        return (e.record() for e in self.changes.entries_by_uid(uids))
+
+    def expunge(self, uids: Iterable[int]) -> list[ExpungeRecord]:
+        wanted = sorted(set(uids))
+        if not wanted:
+            return []
+        with self.locked():
+            self._refresh()
+            assert self.changes is not None
+            gone: list[Entry] = []
+            for e in self.changes.entries_by_uid(wanted):
+                try:
+                    os.unlink(os.path.join(self.dir, e.extra))
+                except FileNotFoundError:
+                    # Renamed meanwhile? Find it again before deciding.
+                    self._rescan()
+                    fresh = self._entry(e.uid)
+                    if fresh is None:
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.dir, fresh.extra))
+                except OSError as err:
+                    raise StorageError(f"Cannot expunge {e.extra} in {self.dir}: {err.strerror}") from None
+                gone.append(e)
+            fsync_dirs([os.path.join(self.dir, "new"), os.path.join(self.dir, "cur")], enabled=self.storage.fsync)
+            if not gone:
+                return []
+            modseq = self.changes.commit(expunged=[e.uid for e in gone])
+            return [ExpungeRecord(e.uid, e.guid, modseq) for e in gone]
+
+    def update_status(
+        self,
+        *,
+        uidvalidity: int | None = None,
+        min_uidnext: int | None = None,
+        min_highestmodseq: int | None = None,
+        guid: str | None = None,
+    ) -> MailboxStatus:
+        if guid is not None and not _is_guid128(guid):
+            raise UsageError(f"Invalid mailbox GUID {guid!r}: expected 32 hex digits")
+        if uidvalidity is not None and not (0 < uidvalidity < 2**32):
+            raise UsageError(f"Invalid UIDVALIDITY {uidvalidity}: must be 1..4294967295")
+        st = self.storage
+        with self.locked():
+            self._refresh()
+            ul, ul_st = ulmod.read(self.uidlist_path)
+            assert ul is not None and self.changes is not None
+            changed = False
+            reset = False
+            if uidvalidity is not None and uidvalidity != ul.uidvalidity:
+                ul.uidvalidity = uidvalidity
+                changed = reset = True
+            if min_uidnext is not None and min_uidnext > ul.effective_next_uid:
+                ul.next_uid = min_uidnext
+                changed = True
+            old_guid = ul.guid
+            if guid is not None and guid.lower() != ul.guid:
+                ul.guid = guid.lower()
+                changed = True
+            if changed:
+                ul.next_uid = ul.effective_next_uid
+                ulmod.rewrite(self.uidlist_path, ul, ul_st, fsync=st.fsync, chown=st.own)
+                self.header_uidvalidity = ul.uidvalidity
+            if ul.guid != old_guid:
+                st.changelog.forget_mailbox(old_guid)
+                self._set_guid(ul.guid)
+            if reset:
+                self.changes.reset()
+            if changed:
+                self._update_stamp_values(ul.uidvalidity, ul.effective_next_uid)
+                self._rescan()
+            if min_highestmodseq:
+                self.changes.commit(min_modseq=min_highestmodseq)
+        return self.status()
+
+    def close(self) -> None:
+        if self._lock_depth:
+            self._lock_depth = 0
+            self._lock.release()
+
+
+def attrs_evolve_modseq(rec: MessageRecord, modseq: int) -> MessageRecord:
+    import attrs
+
+    return attrs.evolve(rec, modseq=modseq)
+
+
+def attrs_evolve_entry(e: Entry, flags: frozenset[str], keywords: frozenset[str], extra: str) -> Entry:
+    import attrs
+
+    return attrs.evolve(e, flags=flags, keywords=keywords, extra=extra)
+
+
+__all__ = ["MaildirStorage", "MaildirMailbox", "CorruptError"]

@@ -1,0 +1,254 @@
+"""``dovecot-uidlist``: the UID <-> base name map of a Maildir (version 3; version 1 read).
+
+Version 3::
+
+    3 V<uidvalidity> N<nextuid> G<mailbox guid> [other header fields]
+    <uid> [<K><value>]... :<base name>
+
+Writers either append records with UIDs above every existing one (under the uidlist
+lock) or rewrite the whole file through ``dovecot-uidlist.tmp`` and ``rename()``. A
+broken file is never guessed at: reading raises :class:`CorruptError` naming the line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+import attrs
+
+from dsync_core.durable import fsync_dir
+from dsync_core.errors import CorruptError, StorageError
+
+FILENAME = "dovecot-uidlist"
+
+
+@attrs.define
+class UidlistRecord:
+    uid: int
+    base: str
+    fields: dict[str, str] = attrs.field(factory=dict)
+
+    @property
+    def guid(self) -> str | None:
+        g = self.fields.get("G")
+        return g or None
+
+    def line(self) -> str:
+        parts = [str(self.uid)]
+        parts.extend(f"{k}{v}" for k, v in self.fields.items())
+        parts.append(":" + self.base)
+        return " ".join(parts) + "\n"
+
+
+@attrs.define
+class Uidlist:
+    uidvalidity: int = 0
+    next_uid: int = 1
+    guid: str = ""
+    version: int = 3
+    extra_header: list[tuple[str, str]] = attrs.field(factory=list)
+    records: list[UidlistRecord] = attrs.field(factory=list)
+    #: set when reading found something Dovecot would rewrite (duplicates, v1, no GUID)
+    needs_rewrite: bool = False
+
+    @property
+    def highest_uid(self) -> int:
+        return self.records[-1].uid if self.records else 0
+
+    @property
+    def effective_next_uid(self) -> int:
+        return max(self.next_uid, self.highest_uid + 1)
+
+    def by_base(self) -> dict[str, UidlistRecord]:
+        return {r.base: r for r in self.records}
+
+    def header_line(self) -> str:
+        parts = ["3", f"V{self.uidvalidity}", f"N{self.next_uid}"]
+        if self.guid:
+            parts.append(f"G{self.guid}")
+        parts.extend(f"{k}{v}" for k, v in self.extra_header)
+        return " ".join(parts) + "\n"
+
+    def format(self) -> bytes:
+        return (self.header_line() + "".join(r.line() for r in self.records)).encode("utf-8", "surrogateescape")
+
+
+def _bad(path: str, lineno: int, why: str) -> CorruptError:
+    return CorruptError(f"Broken file {path} line {lineno}: {why}")
+
+
+def parse(data: bytes, path: str = FILENAME) -> Uidlist:
+    """Parse the file content. A last line without LF is ignored (an append in progress)."""
+    text = data.decode("utf-8", "surrogateescape")
+    lines = text.split("\n")
+    lines.pop()  # text after the last LF: empty or incomplete
+    if not lines:
+        raise _bad(path, 1, "missing header")
+    ul = Uidlist()
+    header = lines[0].split(" ")
+    if header[0] == "3":
+        ul.version = 3
+        for field in header[1:]:
+            if not field:
+                continue
+            key, value = field[0], field[1:]
+            if key in "VN":
+                if not value.isdigit():
+                    raise _bad(path, 1, f"invalid header field {field!r}")
+                if key == "V":
+                    ul.uidvalidity = int(value)
+                else:
+                    ul.next_uid = int(value)
+            elif key == "G":
+                try:
+                    if len(value) != 32:
+                        raise ValueError
+                    bytes.fromhex(value)
+                except ValueError:
+                    raise _bad(path, 1, f"invalid mailbox GUID {value!r}") from None
+                ul.guid = value.lower()
+            else:
+                ul.extra_header.append((key, value))
+    elif header[0] in ("1", "2") and len(header) >= 3 and header[1].isdigit() and header[2].isdigit():
+        ul.version = int(header[0])
+        ul.uidvalidity, ul.next_uid = int(header[1]), int(header[2])
+        ul.needs_rewrite = True
+    else:
+        raise _bad(path, 1, f"unsupported header {lines[0][:40]!r}")
+    if ul.uidvalidity == 0 or ul.next_uid == 0:
+        raise _bad(path, 1, f"broken header (uidvalidity={ul.uidvalidity}, next_uid={ul.next_uid})")
+    if not ul.guid:
+        ul.needs_rewrite = True
+
+    last = 0
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line:
+            raise _bad(path, lineno, "empty line")
+        uid_s, sp, rest = line.partition(" ")
+        if not uid_s.isdigit() or not sp:
+            raise _bad(path, lineno, f"invalid record {line[:60]!r}")
+        uid = int(uid_s)
+        if uid == 0:
+            raise _bad(path, lineno, "UID 0")
+        if uid <= last:
+            raise _bad(path, lineno, f"UIDs not ordered ({uid} after {last})")
+        fields: dict[str, str] = {}
+        if ul.version == 3:
+            while rest and not rest.startswith(":"):
+                field, _, rest = rest.partition(" ")
+                if field:
+                    if not ("A" <= field[0] <= "Z"):
+                        raise _bad(path, lineno, f"invalid record field {field[:40]!r}")
+                    fields[field[0]] = field[1:]
+            if not rest.startswith(":"):
+                raise _bad(path, lineno, "record without ':' before the file name")
+            name = rest[1:]
+        else:
+            name = rest
+        base = name.split(":", 1)[0]
+        if not base or "/" in base:
+            raise _bad(path, lineno, f"broken file name {name[:60]!r}")
+        if "G" in fields and not fields["G"]:
+            del fields["G"]  # Dovecot treats an empty GUID as missing
+            ul.needs_rewrite = True
+        if base in seen:
+            # The later record wins, as in Dovecot, and the file gets rewritten.
+            ul.records = [r for r in ul.records if r.base != base]
+            ul.needs_rewrite = True
+        seen[base] = uid
+        ul.records.append(UidlistRecord(uid, base, fields))
+        last = uid
+    return ul
+
+
+def read(path: str) -> tuple[Uidlist | None, os.stat_result | None]:
+    """The parsed file and its stat, or ``(None, None)`` when there is none."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        raise StorageError(f"Cannot read {path}: {e.strerror}") from None
+    return parse(data, path), st
+
+
+def read_header(path: str) -> tuple[Uidlist | None, os.stat_result | None]:
+    """Only the header line (cheap): records stay empty."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            first = f.readline()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        raise StorageError(f"Cannot read {path}: {e.strerror}") from None
+    if not first.endswith(b"\n"):
+        raise _bad(path, 1, "missing header")
+    return parse(first, path), st
+
+
+def _bump_mtime(path: str, old: os.stat_result | None) -> None:
+    """Make sure a reader comparing (inode, size, mtime) notices the change."""
+    if old is None:
+        return
+    st = os.stat(path)
+    if (st.st_mtime_ns // 1_000_000_000) <= (old.st_mtime_ns // 1_000_000_000) and st.st_size == old.st_size:
+        sec = old.st_mtime_ns // 1_000_000_000 + 1
+        os.utime(path, ns=(st.st_atime_ns, sec * 1_000_000_000))
+
+
+def rewrite(path: str, ul: Uidlist, old_stat: os.stat_result | None, *, fsync: bool = True,
+            chown: Callable[[str], None] | None = None) -> None:
+    """Replace the file via ``dovecot-uidlist.tmp`` + rename (hold the uidlist lock)."""
+    ul.version = 3
+    tmp = path + ".tmp"
+    data = ul.format()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        if chown:
+            chown(tmp)
+        os.replace(tmp, path)
+        _bump_mtime(path, old_stat)
+    except OSError as e:
+        raise StorageError(f"Cannot write {path}: {e.strerror}") from None
+    fsync_dir(os.path.dirname(path), enabled=fsync)
+    ul.needs_rewrite = False
+
+
+def append(path: str, ul: Uidlist, records: Iterable[UidlistRecord], *, fsync: bool = True) -> None:
+    """Append records with UIDs above every existing one (hold the uidlist lock)."""
+    new = list(records)
+    if not new:
+        return
+    last = ul.highest_uid
+    for r in new:
+        if r.uid <= last:
+            raise ValueError(f"uidlist append out of order: {r.uid} after {last}")
+        last = r.uid
+    data = "".join(r.line() for r in new).encode("utf-8", "surrogateescape")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, data)
+            if fsync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise StorageError(f"Cannot append to {path}: {e.strerror}") from None
+    ul.records.extend(new)
+
+
+__all__ = ["Uidlist", "UidlistRecord", "parse", "read", "read_header", "rewrite", "append", "FILENAME"]

@@ -1,0 +1,303 @@
+"""Behaviour of MaildirStorage / MaildirMailbox on their own."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import pytest
+from dsync_maildir.keywords import TooManyKeywordsError
+from dsync_maildir.storage import MaildirStorage
+
+from dsync_core.errors import CorruptError, ExistsError, InvalidNameError, NotFoundError, StorageError
+from dsync_core.model import FlagUpdate, MailboxLogType, SaveRequest
+
+MSG = b"From: a@example.com\nSubject: hi\n\nline one\nline two\n"
+
+
+def req(body: bytes = MSG, **kw) -> SaveRequest:  # type: ignore[no-untyped-def]
+    return SaveRequest(io.BytesIO(body), **kw)
+
+
+def age(path: str, seconds: int = 10) -> None:
+    """Move mtimes out of the racy window so the next scan may be trusted."""
+    t = time.time() - seconds
+    for p in ("cur", "new", "dovecot-uidlist", "dovecot-keywords"):
+        full = os.path.join(path, p)
+        if os.path.exists(full):
+            os.utime(full, (t, t))
+
+
+def test_root_and_inbox_created(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    st = open_maildir()
+    assert isinstance(st, MaildirStorage)
+    for sub in ("cur", "new", "tmp"):
+        assert (tmp_path / "Maildir" / sub).is_dir()
+    assert [m.name for m in st.list_mailboxes()] == ["INBOX"]
+
+
+def test_save_sizes_names_and_records(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    recs = box.save([
+        req(internaldate=1_600_000_000),
+        req(b"a\r\nb\nc", flags=frozenset({"\\Seen", "\\Flagged"}), keywords=frozenset({"$Junk"})),
+    ])
+    assert [r.uid for r in recs] == [1, 2]
+    assert recs[0].size == len(MSG) and recs[0].vsize == len(MSG) + MSG.count(b"\n")
+    assert (recs[1].size, recs[1].vsize) == (6, 7)
+    new = os.listdir(tmp_path / "Maildir" / "new")
+    cur = os.listdir(tmp_path / "Maildir" / "cur")
+    assert new == [recs[0].guid]  # flagless mail in new/ without an info part
+    assert cur == [recs[1].guid + ":2,FSa"]
+    assert os.stat(tmp_path / "Maildir" / "new" / new[0]).st_mtime == 1_600_000_000
+    assert os.listdir(tmp_path / "Maildir" / "tmp") == []
+    assert (tmp_path / "Maildir" / "dovecot-keywords").read_text() == "0 $Junk\n"
+    got = list(box.records())
+    assert [(r.uid, r.guid, r.flags, r.keywords) for r in got] == [
+        (1, recs[0].guid, frozenset(), frozenset()),
+        (2, recs[1].guid, frozenset({"\\Seen", "\\Flagged"}), frozenset({"$Junk"})),
+    ]
+    assert got[0].internaldate == 1_600_000_000
+    assert box.open_body(2).read() == b"a\r\nb\nc"
+    s = box.status()
+    assert (s.messages, s.unseen, s.uidnext) == (2, 1, 3)
+
+
+def test_wanted_uids_and_guids(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    box = open_maildir().open_mailbox("INBOX")
+    vsize = len(MSG) + MSG.count(b"\n")
+    guid_name = f"1700000000.M1P1.h,S={len(MSG)},W={vsize}"
+    recs = box.save([
+        req(uid=5, guid="0123456789abcdef0123456789abcdef"),
+        req(uid=7, guid=guid_name),
+        req(guid="1700000000.M2P1.h,S=1,W=1"),  # wrong sizes: generated name + G field
+    ])
+    assert [r.uid for r in recs] == [5, 7, 1]
+    assert [r.guid for r in recs] == ["0123456789abcdef0123456789abcdef", guid_name, "1700000000.M2P1.h,S=1,W=1"]
+    assert guid_name in os.listdir(tmp_path / "Maildir" / "new")
+    text = (tmp_path / "Maildir" / "dovecot-uidlist").read_text()
+    assert "5 G0123456789abcdef0123456789abcdef :" in text
+    assert f"7 :{guid_name}\n" in text
+    assert box.status().uidnext == 8
+    with pytest.raises(ExistsError, match="below the next UID 8"):
+        box.save([req(uid=6)])
+    # a GUID already used as a file name is not reused as a name
+    again = box.save([req(guid=guid_name)])
+    assert again[0].guid == guid_name and again[0].uid == 8
+    assert len([n for n in os.listdir(tmp_path / "Maildir" / "new") if n.startswith("1700000000.M1P1")]) == 1
+
+
+def test_flags_keywords_expunge_modseqs(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    box = open_maildir().open_mailbox("INBOX")
+    saved = box.save([req(), req()])
+    m0 = box.status().highestmodseq
+    # an unknown letter and P survive flag changes
+    cur = tmp_path / "Maildir" / "cur"
+    new = tmp_path / "Maildir" / "new"
+    name = saved[0].guid  # uid 1's file: the GUID is the base name
+    os.rename(new / name, cur / (name + ":2,PX"))
+    recs = box.update_flags([FlagUpdate(1, add_flags=frozenset({"\\seen"}), add_keywords=frozenset({"Work"}))])
+    rec = next(r for r in box.records() if r.uid == 1)
+    assert rec.flags == {"\\Seen"} and rec.keywords == {"Work"} and rec.modseq > m0
+    assert recs and recs[0].modseq == rec.modseq
+    assert name + ":2,PSXa" in os.listdir(cur)
+    box.update_flags([FlagUpdate(1, remove_keywords=frozenset({"work"}))])
+    assert next(r for r in box.records() if r.uid == 1).keywords == frozenset()
+    exp = box.expunge([2, 99])
+    assert [(e.uid, e.guid) for e in exp] == [(2, exp[0].guid)] and exp[0].guid
+    assert [e.uid for e in box.expunges()] == [2]
+    assert [r.uid for r in box.records()] == [1]
+    assert box.records_by_uid([1, 2]).__next__().uid == 1
+
+
+def test_too_many_keywords_fails_before_writing(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    box = open_maildir().open_mailbox("INBOX")
+    with pytest.raises(TooManyKeywordsError, match="k26"):
+        box.save([req(keywords=frozenset(f"k{i:02d}" for i in range(27)))])
+    assert os.listdir(tmp_path / "Maildir" / "new") == [] and os.listdir(tmp_path / "Maildir" / "tmp") == []
+
+
+def test_external_changes_detected(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    box = open_maildir().open_mailbox("INBOX")
+    box.save([req()])
+    root = tmp_path / "Maildir"
+    age(str(root))
+    box.status()
+    m1 = box.status().highestmodseq
+    # a delivery by another program (no uidlist entry), a flag rename and an expunge
+    (root / "new" / "1600000001.M5P9.other").write_bytes(b"x\n")
+    (root / "new" / "1600000000.M9P9.other").write_bytes(b"y\n")
+    first = os.listdir(root / "new")
+    mine = next(n for n in first if not n.endswith("other"))
+    os.rename(root / "new" / mine, root / "cur" / (mine + ":2,S"))
+    s = box.status()
+    assert s.messages == 3 and s.uidnext == 4 and s.highestmodseq > m1
+    recs = {r.guid: r for r in box.records()}
+    assert recs["1600000000.M9P9.other"].uid == 2 and recs["1600000001.M5P9.other"].uid == 3
+    assert recs[mine].flags == {"\\Seen"}
+    os.unlink(root / "new" / "1600000000.M9P9.other")
+    assert [(e.uid, e.guid) for e in box.expunges(s.highestmodseq)] == [(2, "1600000000.M9P9.other")]
+
+
+def test_unchanged_mailbox_is_answered_from_the_change_log(open_maildir, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    box.save([req(), req(flags=frozenset({"\\Seen"}))])
+    age(str(tmp_path / "Maildir"))
+    before = box.status()
+    calls: list[str] = []
+    real_open, real_scandir, real_listdir = open, os.scandir, os.listdir
+
+    def spy_open(path, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(f"open {path}")
+        return real_open(path, *a, **k)
+
+    def spy_scandir(path=".", *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(f"scandir {path}")
+        return real_scandir(path, *a, **k)
+
+    def spy_listdir(path=".", *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(f"listdir {path}")
+        return real_listdir(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", spy_open)
+    monkeypatch.setattr(os, "scandir", spy_scandir)
+    monkeypatch.setattr(os, "listdir", spy_listdir)
+    real_osopen = os.open
+
+    def spy_osopen(path, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(f"os.open {path}")
+        return real_osopen(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", spy_osopen)
+    again = box.status()
+    recs = list(box.records())
+    assert box.expunges() == []
+    monkeypatch.undo()
+    assert again == before and len(recs) == 2
+    assert [c for c in calls if "sqlite" not in c] == []
+
+
+def test_uidlist_garbled_raises_and_writes_nothing(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    box.save([req()])
+    p = tmp_path / "Maildir" / "dovecot-uidlist"
+    garbled = p.read_bytes().replace(b"\n1 ", b"\n0 ")
+    p.write_bytes(garbled)
+    with pytest.raises(CorruptError, match=r"dovecot-uidlist line 2"):
+        st.open_mailbox("INBOX").status()
+    assert p.read_bytes() == garbled
+
+
+def test_missing_mailbox_guid_is_generated(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "Maildir"
+    (root / "cur").mkdir(parents=True)
+    (root / "cur" / "1600000000.M1P1.h:2,S").write_bytes(b"x\n")
+    (root / "dovecot-uidlist").write_bytes(b"3 V42 N5\n4 :1600000000.M1P1.h\n")
+    box = open_maildir().open_mailbox("INBOX")
+    assert len(box.guid) == 32
+    s = box.status()
+    assert (s.uidvalidity, s.uidnext, s.messages) == (42, 5, 1)
+    assert (root / "dovecot-uidlist").read_text().startswith(f"3 V42 N5 G{box.guid}\n")
+
+
+@pytest.mark.parametrize("options", ["", ":LAYOUT=fs"])
+def test_mailbox_tree(open_maildir, tmp_path, options: str) -> None:  # type: ignore[no-untyped-def]
+    st = open_maildir(options)
+    info = st.create_mailbox("Archive/2024", guid="ab" * 16, uidvalidity=1234)
+    assert (info.guid, info.uidvalidity) == ("ab" * 16, 1234)
+    st.create_mailbox("Entwürfe")
+    with pytest.raises(ExistsError, match="Mailbox already exists: Entwürfe"):
+        st.create_mailbox("Entwürfe")
+    names = [(m.name, m.selectable) for m in st.list_mailboxes()]
+    assert names == [("INBOX", True), ("Archive", False), ("Archive/2024", True), ("Entwürfe", True)]
+    with st.open_mailbox("Archive/2024") as box:
+        box.save([req()])
+        assert box.status().uidvalidity == 1234
+    st.rename_mailbox("Archive", "Old")
+    assert [m.name for m in st.list_mailboxes()] == ["INBOX", "Entwürfe", "Old", "Old/2024"]
+    with st.open_mailbox("Old/2024") as box:
+        assert box.guid == "ab" * 16 and box.status().messages == 1
+    assert st.mailbox_log()[-1].type == MailboxLogType.RENAME
+    with pytest.raises(NotFoundError, match="Mailbox doesn't exist: Nope"):
+        st.rename_mailbox("Nope", "X")
+    with pytest.raises(ExistsError):
+        st.rename_mailbox("Old/2024", "Entwürfe")
+    with pytest.raises(StorageError, match="Renaming INBOX isn't supported"):
+        st.rename_mailbox("INBOX", "X")
+    st.delete_mailbox("Old/2024")
+    assert st.mailbox_log()[-1].type == MailboxLogType.DELETE_MAILBOX
+    assert st.mailbox_log()[-1].guid == "ab" * 16
+    with pytest.raises(NotFoundError, match="Mailbox doesn't exist: Old/2024"):
+        st.open_mailbox("Old/2024")
+    assert "Old/2024" not in [m.name for m in st.list_mailboxes()]
+
+
+def test_delete_parent_with_children_fs(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    st = open_maildir(":LAYOUT=fs")
+    st.create_mailbox("A")
+    st.create_mailbox("A/B")
+    st.open_mailbox("A").save([req()])
+    st.delete_mailbox("A")
+    assert [(m.name, m.selectable) for m in st.list_mailboxes()] == [("INBOX", True), ("A", False), ("A/B", True)]
+    assert not (tmp_path / "Maildir" / "A" / "cur").exists()
+    assert (tmp_path / "Maildir" / "A" / "B" / "cur").is_dir()
+
+
+def test_names_never_escape_the_root(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    st = open_maildir()
+    before = sorted(os.listdir(tmp_path))
+    for bad in ("../../etc", "/etc", "a\nb", "x.y", "a/../b"):
+        with pytest.raises(InvalidNameError):
+            st.create_mailbox(bad)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_subscriptions(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    st = open_maildir()
+    st.set_subscribed("Entwürfe", True)
+    st.set_subscribed("Archive/2024", True)
+    st.set_subscribed("Archive/2024", False)
+    st.set_subscribed("INBOX", True)
+    assert st.subscriptions() == ["Entwürfe", "INBOX"]
+    assert (tmp_path / "Maildir" / "subscriptions").read_bytes() == b"V\t2\n\nEntw&APw-rfe\nINBOX\n"
+    types = [r.type for r in st.mailbox_log()]
+    assert types == [MailboxLogType.SUBSCRIBE, MailboxLogType.SUBSCRIBE, MailboxLogType.UNSUBSCRIBE,
+                     MailboxLogType.SUBSCRIBE]
+
+
+def test_update_status(open_maildir) -> None:  # type: ignore[no-untyped-def]
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    box.save([req()])
+    s = box.update_status(min_uidnext=50, min_highestmodseq=100, guid="cd" * 16)
+    assert (s.uidnext, s.guid, s.messages) == (50, "cd" * 16, 1) and s.highestmodseq >= 100
+    s = box.update_status(uidvalidity=777)
+    assert s.uidvalidity == 777 and s.messages == 1
+    assert st.open_mailbox("INBOX").guid == "cd" * 16
+
+
+def test_control_and_index_dirs(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ctl, idx = tmp_path / "ctl", tmp_path / "idx"
+    st = open_maildir(f":CONTROL={ctl}:INDEX={idx}")
+    st.create_mailbox("Sub")
+    st.open_mailbox("Sub").save([req(keywords=frozenset({"K"}))])
+    assert (ctl / ".Sub" / "dovecot-uidlist").exists() and (ctl / ".Sub" / "dovecot-keywords").exists()
+    assert not (tmp_path / "Maildir" / ".Sub" / "dovecot-uidlist").exists()
+    assert (idx / "dsync-changelog.sqlite").exists()
+    st.rename_mailbox("Sub", "Sub2")
+    assert (ctl / ".Sub2" / "dovecot-uidlist").exists()
+    assert st.open_mailbox("Sub2").status().messages == 1
+
+
+def test_plugin_hooks() -> None:
+    import dsync_maildir
+
+    from dsync_core.location import parse_location
+    from dsync_core.settings import Settings
+
+    assert dsync_maildir.dsync_storage_schemes() == ["maildir"]
+    assert dsync_maildir.dsync_storage_open(parse_location("sdbox:/x"), Settings(), None) is None

@@ -1,0 +1,245 @@
+"""dsync_core.changelog: modseqs, expunge records and the mailbox log in SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dsync_core.changelog import Entry, SqliteChangeLog
+from dsync_core.errors import CorruptError
+from dsync_core.model import ExpungeRecord, MailboxLogRecord, MailboxLogType
+
+G = "11111111111111111111111111111111"
+SEEN = frozenset({"\\Seen"})
+
+
+@pytest.fixture
+def log():  # type: ignore[no-untyped-def]
+    cl = SqliteChangeLog(":memory:")
+    yield cl
+    cl.close()
+
+
+def e(uid: int, **kw: object) -> Entry:
+    return Entry(uid=uid, guid=kw.pop("guid", f"guid{uid}"), **kw)  # type: ignore[arg-type]
+
+
+def test_one_modseq_per_commit(log) -> None:  # type: ignore[no-untyped-def]
+    mb = log.mailbox(G)
+    assert mb.meta().highestmodseq == 0
+    assert mb.commit(upserts=[e(1), e(2)]) == 1
+    assert mb.commit(upserts=[e(3)]) == 2
+    assert [(x.uid, x.modseq) for x in mb.entries()] == [(1, 1), (2, 1), (3, 2)]
+    assert mb.meta().highestmodseq == 2
+
+
+def test_unchanged_upsert_keeps_modseq(log) -> None:  # type: ignore[no-untyped-def]
+    mb = log.mailbox(G)
+    mb.commit(upserts=[e(1, flags=SEEN, keywords=frozenset({"k"}))])
+    assert mb.commit(upserts=[e(1, flags=SEEN, keywords=frozenset({"k"}), extra="renamed-file")]) == 1
+    (x,) = mb.entries()
+    assert (x.modseq, x.extra) == (1, "renamed-file"), "extra is stored even when the modseq stays"
+    assert mb.commit(upserts=[e(1, keywords=frozenset({"k"}))]) == 2
+    assert next(iter(mb.entries())).modseq == 2
+
+
+def test_entries_since(log) -> None:  # type: ignore[no-untyped-def]
+    mb = log.mailbox(G)
+    mb.commit(upserts=[e(u) for u in (5, 1, 3)])
+    mb.commit(upserts=[e(3, flags=SEEN)])
+    mb.commit(upserts=[e(1, flags=SEEN)])
+    assert [x.uid for x in mb.entries(0)] == [1, 3, 5]
+    assert [x.uid for x in mb.entries(1)] == [1, 3], "ascending UID, not modseq order"
+    assert [x.uid for x in mb.entries(2)] == [1]
+    assert list(mb.entries(3)) == []
+    assert [x.uid for x in mb.entries_by_uid([5, 9, 1])] == [1, 5]
+
+
+def test_expunge_keeps_guid(log) -> None:  # type: ignore[no-untyped-def]
+    mb = log.mailbox(G)
+    mb.commit(upserts=[e(1), e(2), e(3)])
+    assert mb.commit(expunged=[2, 3, 99]) == 2
+    assert mb.expunges(0) == [ExpungeRecord(2, "guid2", 2), ExpungeRecord(3, "guid3", 2)]
+    assert mb.expunges(2) == []
+    assert [x.uid for x in mb.entries()] == [1]
+    assert mb.commit(expunged=[99]) == 2, "expunging nothing is no change"
+
+
+def test_meta_counts_and_stamp(log) -> None:  # type: ignore[no-untyped-def]
+    mb = log.mailbox(G)
+    mb.commit(upserts=[e(1, flags=SEEN), e(2), e(3, flags=frozenset({"\\Flagged"}))], stamp="scan-1")
+    m = mb.meta()
+    assert (m.messages, m.unseen, m.stamp) == (3, 2, "scan-1")
+    mb.commit(expunged=[2])
+    assert (mb.meta().messages, mb.meta().unseen, mb.meta().stamp) == (2, 1, "scan-1")
+
+
+def test_min_modseq_and_reset(log) -> None:  # type: ignore[no-untyped-def]
+    mb = log.mailbox(G)
+    assert mb.commit(min_modseq=100) == 100
+    assert mb.commit(upserts=[e(1)]) == 101
+    mb.reset()
+    assert list(mb.entries()) == [] and mb.expunges() == []
+    assert mb.meta().highestmodseq == 101, "a reset never lowers HIGHESTMODSEQ"
+    assert mb.commit(upserts=[e(1)]) == 102
+
+
+def test_mailboxes_are_separate(log) -> None:  # type: ignore[no-untyped-def]
+    a, b = log.mailbox(G), log.mailbox("2" * 32)
+    a.commit(upserts=[e(1)])
+    a.commit(upserts=[e(2)])
+    assert b.commit(upserts=[e(1)]) == 1
+    log.forget_mailbox(G)
+    assert list(log.mailbox(G).entries()) == [] and log.mailbox(G).meta().highestmodseq == 0
+    assert [x.uid for x in b.entries()] == [1]
+
+
+def test_mailbox_log(log) -> None:  # type: ignore[no-untyped-def]
+    recs = [
+        MailboxLogRecord(MailboxLogType.DELETE_MAILBOX, G, 10),
+        MailboxLogRecord(MailboxLogType.RENAME, "ab" * 16, 5),
+    ]
+    log.append_mailbox_log(recs[:1])
+    log.append_mailbox_log(recs[1:])
+    assert log.mailbox_log() == recs, "oldest first, in append order"
+
+
+def test_persists_in_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "sub" / "dsync.changelog")
+    cl = SqliteChangeLog(path)
+    cl.mailbox(G).commit(upserts=[e(1, flags=SEEN, size=10, vsize=11, internaldate=7, extra="x")])
+    cl.close()
+    cl = SqliteChangeLog(path)
+    (x,) = cl.mailbox(G).entries()
+    assert x == Entry(1, "guid1", SEEN, frozenset(), 1, 7, 10, 11, "x")
+    assert x.record().flags == SEEN
+    cl.close()
+
+
+def test_garbage_file_is_corrupt(tmp_path: Path) -> None:
+    p = tmp_path / "log.db"
+    p.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CorruptError, match="remove it to rebuild"):
+        SqliteChangeLog(str(p))
+
+
+def _plan_of(log: SqliteChangeLog, call) -> list[str]:  # type: ignore[no-untyped-def]
+    sqls: list[str] = []
+    log.db.set_trace_callback(sqls.append)
+    try:
+        call()
+    finally:
+        log.db.set_trace_callback(None)
+    selects = [s for s in sqls if s.lstrip().upper().startswith("SELECT")]
+    assert selects, sqls
+    return [row[3] for s in selects for row in log.db.execute("EXPLAIN QUERY PLAN " + s)]
+
+
+def _ops(log: SqliteChangeLog, call) -> int:  # type: ignore[no-untyped-def]
+    n = [0]
+
+    def tick() -> int:
+        n[0] += 1
+        return 0
+
+    log.db.set_progress_handler(tick, 10)
+    try:
+        call()
+    finally:
+        log.db.set_progress_handler(None, 0)
+    return n[0]
+
+
+def test_queries_since_use_modseq_index(log) -> None:  # type: ignore[no-untyped-def]
+    mb = log.mailbox(G)
+    mb.commit(upserts=[e(u) for u in range(1, 20001)])
+    mb.commit(upserts=[e(777, flags=SEEN)], expunged=[778])
+    plan = _plan_of(log, lambda: list(mb.entries(1)))
+    assert any("msg_modseq" in p for p in plan), f"entries(since) does not use the (mbox, modseq) index: {plan}"
+    plan = _plan_of(log, lambda: mb.expunges(1))
+    assert any("expunge_modseq" in p for p in plan), f"expunges(since) does not use its index: {plan}"
+    # The work done follows the changes, not the mailbox size.
+    since = _ops(log, lambda: list(mb.entries(1)))
+    full = _ops(log, lambda: list(mb.entries(0)))
+    assert since * 100 < full, (since, full)
+
+
+_CRASHER = r"""
+import sys, time
+from dsync_core.changelog import Entry, SqliteChangeLog
+path, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+log = SqliteChangeLog(path)
+mb = log.mailbox("m" * 32)
+if mb.meta().highestmodseq == 0:
+    mb.commit(upserts=[Entry(uid=i, guid=f"base{i}") for i in range(1, 101)])
+count = 0
+def trace(sql):
+    global count
+    if sql.startswith("INSERT OR REPLACE"):
+        count += 1
+        if mode == "pause" and count == n // 2:
+            print("mid", flush=True)
+            time.sleep(60)
+log.db.set_trace_callback(trace)
+print("start", flush=True)
+mb.commit(upserts=[Entry(uid=i, guid=f"new{i}", flags=frozenset({"\\Seen"})) for i in range(1, n + 1)],
+          expunged=range(n + 1, n + 50))
+print("done", flush=True)
+time.sleep(60)
+"""
+
+
+def _crash(path: str, mode: str, n: int, delay: float = 0.0) -> str:
+    p = subprocess.Popen([sys.executable, "-c", _CRASHER, path, mode, str(n)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "start"
+        if mode == "pause":
+            assert p.stdout.readline().strip() == "mid"
+        else:
+            time.sleep(delay)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        return p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def _all_or_nothing(path: str, n: int) -> str:
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute("SELECT uid, guid, modseq FROM msg ORDER BY uid").fetchall()
+        (hm,) = db.execute("SELECT highestmodseq FROM mailbox").fetchone()
+    finally:
+        db.close()
+    if hm == 1:
+        assert rows == [(i, f"base{i}", 1) for i in range(1, 101)], "a killed commit left part of itself behind"
+        return "nothing"
+    assert hm == 2
+    assert rows == [(i, f"new{i}", 2) for i in range(1, n + 1)], "a committed batch is incomplete"
+    return "all"
+
+
+def test_killed_mid_commit_leaves_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "log.db")
+    _crash(path, "pause", 20000)
+    assert _all_or_nothing(path, 20000) == "nothing"
+    cl = SqliteChangeLog(path)  # and the log is usable afterwards
+    assert cl.mailbox("m" * 32).commit(upserts=[e(1)]) == 2
+    cl.close()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.4])
+def test_killed_at_any_time_all_or_nothing(tmp_path: Path, delay: float) -> None:
+    path = str(tmp_path / "log.db")
+    _crash(path, "run", 30000, delay)
+    _all_or_nothing(path, 30000)
