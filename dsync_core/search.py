@@ -468,6 +468,17 @@ class _Parser:
         raise QueryError(f"Unknown search parameter: {tok}")
 
 
+def names_mailbox_everywhere(term: Term) -> bool:
+    """True when every branch of the query is limited to a mailbox (doveadm expunge's guard)."""
+    if isinstance(term, (MailboxTerm, MailboxGuidTerm)):
+        return True
+    if isinstance(term, And):
+        return any(names_mailbox_everywhere(t) for t in term.terms)
+    if isinstance(term, Or):
+        return all(names_mailbox_everywhere(t) for t in term.terms)
+    return False
+
+
 def parse_query(args: list[str]) -> Term:
     """Parse doveadm search arguments; an empty query is a usage error."""
     if not args:
@@ -492,4 +503,4 @@ def search(storage: Storage, query: Term) -> Iterator[MessageContext]:
                     yield ctx
 
 
-__all__ = ["parse_query", "search", "MessageContext", "parse_set", "mailbox_mask_matches", "Term"]
+__all__ = ["parse_query", "names_mailbox_everywhere", "search", "MessageContext", "parse_set", "mailbox_mask_matches", "Term"]

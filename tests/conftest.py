@@ -1,4 +1,4 @@
-"""Shared fixtures. Dovecot fixtures live in dovecot_fixtures.py when that module exists."""
+"""Shared fixtures: the example memory storage, and real doveadm (from dsync_core.testing.dovecot)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-try:
-    from dovecot_fixtures import *  # noqa: F403
-except ModuleNotFoundError as e:
-    if e.name != "dovecot_fixtures":
-        raise
+from dsync_core.testing.dovecot import doveadm  # noqa: F401
 
 
 @pytest.fixture

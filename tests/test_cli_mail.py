@@ -113,6 +113,12 @@ def test_expunge_and_guid_search(dsync) -> None:  # type: ignore[no-untyped-def]
     assert [r["uid"] for r in jrun(dsync, "fetch", "uid", "all")] == ["1"]
     # Nothing matched: exit 0, as doveadm.
     assert dsync("expunge", "mailbox", "INBOX", "uid", "99")[0] == 0
+    # doveadm's guard against accidents: every branch must name a mailbox.
+    code, _, err = dsync("expunge", "uid", "1")
+    assert code == 64 and "must contain MAILBOX in all search branches" in err
+    code, _, err = dsync("expunge", "or", "mailbox", "INBOX", "uid", "1")
+    assert code == 64
+    assert [r["uid"] for r in jrun(dsync, "fetch", "uid", "all")] == ["1"]
 
 
 def test_errors_are_one_line_with_doveadm_exit_codes(dsync) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from ..errors import EX_TEMPFAIL, DsyncError, ExistsError, NotFoundError, UsageError
 from ..formatter import Field, Printer
 from ..model import SYSTEM_FLAGS, FlagUpdate, MailboxInfo, MessageRecord, SaveRequest, normalize_flag
-from ..search import MessageContext, mailbox_mask_matches, parse_query, search
+from ..search import MessageContext, mailbox_mask_matches, names_mailbox_everywhere, parse_query, search
 from ..storage import Mailbox, Storage, normalize_mailbox_name
 from ..streams import CrlfToLf, virtual_size
 from .context import CliContext
@@ -499,6 +499,8 @@ def cmd_flags(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_expunge(args: argparse.Namespace, ctx: CliContext) -> int:
+    if not names_mailbox_everywhere(parse_query(args.query)):
+        raise UsageError("expunge: To avoid accidents, search query must contain MAILBOX in all search branches")
     with ctx.open_user_storage(args.user) as storage:
         groups = list(_group_by_mailbox(storage, args.query))
         for name, recs in groups:
