@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from dsync_core import mailboxlog, subscriptions
+from dsync_core import dovecot_index, mailboxlog, subscriptions
 from dsync_core.changelog import ChangeLog, Entry, MailboxChanges
 from dsync_core.durable import fsync_dirs, fsync_enabled, sync_files
 from dsync_core.errors import (
@@ -556,7 +556,10 @@ class MaildirMailbox(Mailbox):
             final = " ".join(disk.split(" ")[:2] + disk_now.split(" ")[2:])
             stamp = json.dumps({"disk": "" if (racy or racy_now) else final, "v": ul.uidvalidity,
                                 "n": uidnext, "g": ul.guid})
-            self.changes.commit(upserts=upserts, expunged=expunged, stamp=stamp)
+            # Keep HIGHESTMODSEQ at least where Dovecot's own index has it, so that both
+            # tools report the same value for a mailbox Dovecot has used (and ours stays above).
+            dovecot_modseq = dovecot_index.highest_modseq(self.storage.layout.index_dir(self.name)) or 0
+            self.changes.commit(upserts=upserts, expunged=expunged, stamp=stamp, min_modseq=dovecot_modseq)
             return ul.uidvalidity, uidnext
 
     def _update_stamp_values(self, uidvalidity: int, uidnext: int) -> None:
