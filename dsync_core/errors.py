@@ -91,7 +91,21 @@ class ProtocolError(DsyncError):
     exit_code = EX_TEMPFAIL
 
 
+class SafetyError(DsyncError):
+    """A run refused to do something that looks like mass deletion (use --force)."""
+
+    exit_code = EX_FAILED
+
+
+class StateError(DsyncError):
+    """A ``-s`` state string that cannot be used (malformed, or for other mailboxes)."""
+
+    exit_code = EX_USAGE
+
+
 __all__ = [
+    "SafetyError",
+    "StateError",
     "EX_OK",
     "EX_FAILED",
     "EX_CHANGED",

@@ -161,7 +161,94 @@ class UserInfo:
     fields: dict[str, str] = attrs.field(factory=dict, hash=False)
 
 
+class SyncMode(enum.Enum):
+    """What a run does to the two sides (doveadm's ``sync``, ``backup`` and ``sync -1``)."""
+
+    TWOWAY = "sync"  # both sides end equal; nothing a user did is lost
+    BACKUP = "backup"  # the destination ends identical to the source; its own changes are discarded
+    ONEWAY = "oneway"  # ``sync -1``: the destination merges the source's changes; nothing deleted there
+
+
+class SyncAlgorithm(enum.Enum):
+    FAST = "fast"  # default: skip mailboxes whose status says nothing changed
+    FULL = "full"  # ``-f``: compare every mailbox fully
+    STATEFUL = "stateful"  # ``-s STATE``: start from the state of the last run
+
+
+@attrs.frozen
+class SyncRequest:
+    """Everything one sync run is asked to do (the parsed command line, or an API call).
+
+    ``source`` is the side named by ``mail_location`` (doveadm's local side) and
+    ``destination`` the other; ``reverse`` (``-R``) swaps the direction of backup and
+    one-way modes. Times are UNIX seconds.
+    """
+
+    mode: SyncMode = SyncMode.TWOWAY
+    algorithm: SyncAlgorithm = SyncAlgorithm.FAST
+    reverse: bool = False
+    state: str | None = None  # -s STATE ("" starts a new state)
+    mailbox: str | None = None  # -m MAILBOX ("" = tree and subscriptions only)
+    mailbox_guid: str | None = None  # -g GUID ("" = tree and subscriptions only)
+    excludes: tuple[str, ...] = ()  # -x MASK...
+    since: int | None = None  # -t: only new mail received at/after
+    until: int | None = None  # -e: only new mail received at/before
+    lock_timeout: float | None = None  # -l SECS
+    purge: bool = False  # -P
+    notify: bool = False  # -U
+    force: bool = False  # proceed even if the destination looks wiped
+    dry_run: bool = False
+
+
+@attrs.frozen
+class ProgressEvent:
+    """Progress of a run, for a progress bar or a log: ``kind`` is one of
+    ``run_start``, ``mailbox_start``, ``messages`` (``done`` of ``total`` messages of the
+    current mailbox), ``mailbox_done`` and ``run_done``."""
+
+    kind: str
+    mailbox: str = ""
+    done: int = 0
+    total: int = 0
+    mailboxes_done: int = 0
+    mailboxes_total: int = 0
+
+
+@attrs.define
+class SyncReport:
+    """What a sync run did. ``unapplied`` lists changes that a re-run will retry (exit 2)."""
+
+    mailboxes: int = 0  # mailboxes examined
+    mailboxes_skipped: int = 0  # skipped because nothing changed (fast/stateful)
+    mailboxes_created: int = 0
+    mailboxes_deleted: int = 0
+    mailboxes_renamed: int = 0
+    messages_copied: int = 0  # bodies transferred between the sides
+    messages_copied_locally: int = 0  # bodies copied within one side (GUID already there)
+    flags_changed: int = 0
+    expunged: int = 0
+    conflicts: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    state: str = ""  # the new state string (stateful runs)
+    unapplied: list[str] = attrs.field(factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.unapplied else 0
+
+    def as_dict(self) -> dict[str, object]:
+        d = attrs.asdict(self)
+        d["exit_code"] = self.exit_code
+        return d
+
+
 __all__ = [
+    "SyncMode",
+    "SyncAlgorithm",
+    "SyncRequest",
+    "SyncReport",
+    "ProgressEvent",
     "SYSTEM_FLAGS",
     "normalize_flag",
     "is_system_flag",
