@@ -63,11 +63,25 @@ class _DoveadmLogFormatter(logging.Formatter):
     _LEVELS = {"DEBUG": "Debug", "INFO": "Info", "WARNING": "Warning", "ERROR": "Error", "CRITICAL": "Fatal"}
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"dsync({_user_tag()}): {self._LEVELS.get(record.levelname, record.levelname)}: {record.getMessage()}"
+        level = self._LEVELS.get(record.levelname, record.levelname)
+        return f"dsync({_user_tag()}): {level}: {one_line(record.getMessage())}"
+
+
+def one_line(text: str) -> str:
+    """Escape control characters so that a message stays one line on a terminal or in a log."""
+    return "".join(ch if ch >= " " and ch != "\x7f" else repr(ch)[1:-1] for ch in text)
 
 
 def _user_tag() -> str:
-    return os.environ.get("USER") or "dsync"
+    """The user named in log lines, as doveadm's ``doveadm(user):`` prefix."""
+    if os.environ.get("USER"):
+        return os.environ["USER"]
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return "dsync"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(ctx)
         return int(args.func(args, ctx) or 0)
     except DsyncError as e:
-        sys.stderr.write(f"dsync({_user_tag()}): Error: {e.message}\n")
+        sys.stderr.write(f"dsync({_user_tag()}): Error: {one_line(e.message)}\n")
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"dsync({_user_tag()}): Error: interrupted\n")
@@ -107,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        sys.stderr.write(f"dsync({_user_tag()}): Fatal: internal error: {type(e).__name__}: {e}\n")
+        sys.stderr.write(f"dsync({_user_tag()}): Fatal: internal error: {type(e).__name__}: {one_line(str(e))}\n")
         return EX_SOFTWARE
 
 

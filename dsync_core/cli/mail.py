@@ -104,9 +104,9 @@ def _user_opts(p: argparse.ArgumentParser) -> None:
 
 def _report(prefix: str, err: DsyncError) -> int:
     """Print a per-item error the way doveadm does and return its exit code."""
-    from . import _user_tag
+    from . import _user_tag, one_line
 
-    sys.stderr.write(f"dsync({_user_tag()}): Error: {prefix}{err.message}\n")
+    sys.stderr.write(f"dsync({_user_tag()}): Error: {one_line(prefix + err.message)}\n")
     return err.exit_code
 
 
@@ -253,6 +253,9 @@ def cmd_mailbox_create(args: argparse.Namespace, ctx: CliContext) -> int:
                 storage.create_mailbox(name, guid=args.guid.lower() if args.guid else None)
                 if args.subscribe:
                     storage.set_subscribed(name, True)
+            except ExistsError:
+                # doveadm's exact wording, which scripts match on.
+                code = _report(f"Can't create mailbox {name}: ", ExistsError("Mailbox already exists"))
             except DsyncError as e:
                 code = _report(f"Can't create mailbox {name}: ", e)
     _empty_output(ctx)
@@ -296,6 +299,9 @@ def cmd_mailbox_rename(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.open_user_storage(args.user) as storage:
         try:
             storage.rename_mailbox(old, new)
+        except ExistsError as e:
+            reason = "Target mailbox already exists" if "already exists" in e.message else e.message
+            return _report(f"Can't rename mailbox {old} to {new}: ", ExistsError(reason))
         except DsyncError as e:
             return _report(f"Can't rename mailbox {old} to {new}: ", e)
         if args.subscribe:
