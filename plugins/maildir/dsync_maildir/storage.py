@@ -693,18 +693,23 @@ class MaildirMailbox(Mailbox):
                 if kw.changed:
                     kwmod.write(self.keywords_path, kw, kw_st, fsync=st.fsync, chown=own)
                 for p in plans:
-                    self._link_into_place(p, known_bases)
+                    self._choose_name(p, known_bases)
+                # The uidlist records (UID, and the GUID in a G field) are durable before any
+                # file appears: a crash in between leaves records without files, which Dovecot
+                # and we ignore, never a file whose GUID was forgotten (a duplicate on re-sync).
+                new_records = []
+                for p in sorted(plans, key=lambda p: int(p["uid"])):  # type: ignore[call-overload]
+                    fields = {"G": str(p["gfield"])} if p["gfield"] else {}
+                    new_records.append(ulmod.UidlistRecord(int(p["uid"]), str(p["base"]), fields))  # type: ignore[call-overload]
+                ulmod.append(self.uidlist_path, ul, new_records, fsync=st.fsync)
+                for p in plans:
+                    self._link_into_place(p)
             except BaseException:
                 for p in plans:
                     with contextlib.suppress(OSError):
                         os.unlink(str(p["tmp"]))
                 raise
             fsync_dirs([os.path.join(self.dir, "new"), os.path.join(self.dir, "cur")], enabled=st.fsync)
-            new_records = []
-            for p in sorted(plans, key=lambda p: int(p["uid"])):  # type: ignore[call-overload]
-                fields = {"G": str(p["gfield"])} if p["gfield"] else {}
-                new_records.append(ulmod.UidlistRecord(int(p["uid"]), str(p["base"]), fields))  # type: ignore[call-overload]
-            ulmod.append(self.uidlist_path, ul, new_records, fsync=st.fsync)
             entries = [
                 Entry(
                     uid=int(p["uid"]),  # type: ignore[call-overload]
@@ -753,31 +758,36 @@ class MaildirMailbox(Mailbox):
             os.close(fd)
         return size, size + bare_lf
 
-    def _link_into_place(self, p: dict[str, object], known_bases: set[str]) -> None:
-        letters = str(p["letters"])
-        sub = "cur" if letters else "new"
+    def _choose_name(self, p: dict[str, object], known_bases: set[str]) -> None:
+        """Settle the final base name before the uidlist names it.
+
+        Every file on disk is in the uidlist (the refresh under this lock put it there) and
+        ``known_bases`` holds them; this only guards against a name that appeared since.
+        """
         for _ in range(3):
             base = str(p["base"])
-            name = f"{base}:2,{letters}" if letters else base
-            dest = os.path.join(self.dir, sub, name)
-            clash = os.path.lexists(os.path.join(self.dir, "new", base))
-            if not clash:
-                try:
-                    os.link(str(p["tmp"]), dest)
-                except FileExistsError:
-                    clash = True
-                except OSError as e:
-                    raise StorageError(f"Cannot save {dest}: {e.strerror}") from None
-            if not clash:
-                os.unlink(str(p["tmp"]))
-                p["extra"] = f"{sub}/{name}"
+            if not any(os.path.lexists(os.path.join(self.dir, d, base)) for d in ("new", "cur")):
                 return
-            # A GUID used as file name is taken on disk: fall back to a generated name.
             if not p["gfield"] and base != os.path.basename(str(p["tmp"])):
                 p["gfield"] = base
             p["base"] = f"{fn.generate_base()},S={p['size']},W={p['vsize']}"
             known_bases.add(str(p["base"]))
         raise StorageError(f"Cannot find a free file name in {self.dir}")
+
+    def _link_into_place(self, p: dict[str, object]) -> None:
+        letters = str(p["letters"])
+        sub = "cur" if letters else "new"
+        base = str(p["base"])
+        name = f"{base}:2,{letters}" if letters else base
+        dest = os.path.join(self.dir, sub, name)
+        try:
+            os.link(str(p["tmp"]), dest)
+        except FileExistsError:
+            raise StorageError(f"Cannot save {dest}: a file of that name appeared meanwhile; run again") from None
+        except OSError as e:
+            raise StorageError(f"Cannot save {dest}: {e.strerror}") from None
+        os.unlink(str(p["tmp"]))
+        p["extra"] = f"{sub}/{name}"
 
     def update_flags(self, updates: Iterable[FlagUpdate]) -> list[MessageRecord]:
         ups = list(updates)

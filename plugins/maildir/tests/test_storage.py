@@ -301,3 +301,31 @@ def test_plugin_hooks() -> None:
 
     assert dsync_maildir.dsync_storage_schemes() == ["maildir"]
     assert dsync_maildir.dsync_storage_open(parse_location("sdbox:/x"), Settings(), None) is None
+
+
+def test_interrupted_save_never_forgets_a_kept_guid(open_maildir, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A save stopped after the uidlist got its records but before the files were renamed
+    into place leaves records without files (ignored), never a file whose wanted GUID is
+    lost (which a re-sync would copy a second time)."""
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    real_link = os.link
+    calls = {"n": 0}
+
+    def flaky_link(src, dst, *a, **kw):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as abrupt as a kill, from Python's point of view
+        return real_link(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "link", flaky_link)
+    guids = ["0123456789abcdef0123456789abcde" + c for c in "012"]
+    with pytest.raises(KeyboardInterrupt):
+        box.save([req(guid=g) for g in guids])
+    monkeypatch.setattr(os, "link", real_link)
+    assert os.listdir(os.path.join(box.dir, "tmp")) == []
+    recs = list(st.open_mailbox("INBOX").records())
+    assert [(r.uid, r.guid) for r in recs] == [(1, guids[0])]
+    # The interrupted UIDs are used up; the next save goes above them, with its GUID kept.
+    again = st.open_mailbox("INBOX").save([req(guid=guids[1])])
+    assert again[0].uid == 4 and again[0].guid == guids[1]
