@@ -1,6 +1,6 @@
-"""Reading Dovecot's index files (``dovecot.index``, ``dovecot.index.log``).
+"""HIGHESTMODSEQ of a Dovecot index (``dovecot.index``, ``dovecot.index.log``), read cheaply.
 
-For now this holds what every storage needs first: the mailbox's HIGHESTMODSEQ as
+This is what a storage without a full index reader needs: the mailbox's HIGHESTMODSEQ as
 Dovecot counts it, so that ``dsync mailbox status`` and ``doveadm mailbox status`` agree
 on a mailbox Dovecot has used. The transaction log keeps a running modseq from its
 header's ``initial_modseq``; APPEND, external EXPUNGE(_GUID), KEYWORD_UPDATE/RESET,

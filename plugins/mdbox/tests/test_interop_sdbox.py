@@ -1,0 +1,265 @@
+"""sdbox round trips against a real Dovecot: we write and doveadm reads, and the other way.
+
+Every doveadm run fails the test if doveadm prints a ``Warning:`` or ``Error:`` (Dovecot's
+way of saying it had to repair something we wrote). The comparisons use the same doveadm
+commands on both sides: ``fetch 'mailbox uid guid flags' all`` and ``mailbox status
+'messages uidvalidity uidnext guid highestmodseq' '*'``, ours through ``python -m
+dsync_core`` (``\\Recent`` is ignored: it is per session).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+from dsync_core.api import open_storage
+from dsync_core.model import FlagUpdate, MailboxLogType, SaveRequest
+from dsync_core.settings import Settings
+
+MSGS = [
+    b"From: Alice <alice@example.com>\nSubject: one\nMessage-ID: <1@x>\n\nBody line 1\nBody line 2\n",
+    b"From: Bob <bob@example.com>\nSubject: two\n\nsecond body\n",
+    b"From: carol@example.com\nSubject: three\n\n",
+]
+STATUS_FIELDS = "messages uidvalidity uidnext guid highestmodseq"
+
+
+def _norm_fetch(rows: list[dict[str, str]]) -> list[tuple[str, str, str, frozenset[str]]]:
+    out = []
+    for r in rows:
+        flags = frozenset(r["flags"].split()) - {"\\Recent"}
+        out.append((r["mailbox"], r["uid"], r["guid"], flags))
+    return sorted(out)
+
+
+def dsync_json(location: str, *args: str) -> list[dict[str, str]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsync_core", "-o", f"mail_location={location}", "-f", "json", *args],
+        capture_output=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout or b"[]")
+
+
+def api_json(location: str, *args: str) -> list[dict[str, str]]:
+    """The rows ``fetch 'mailbox uid guid flags' all`` / ``mailbox status ... '*'`` print,
+    built through the storage API (the library path; :func:`dsync_json` is the CLI path)."""
+    st = open_storage(location, Settings())
+    rows: list[dict[str, str]] = []
+    try:
+        for info in st.list_mailboxes():
+            if not info.selectable:
+                continue
+            with st.open_mailbox(info.name) as box:
+                if args[0] == "fetch":
+                    for r in box.records():
+                        flags = sorted(r.flags) + sorted(r.keywords)
+                        rows.append({"mailbox": info.name, "uid": str(r.uid), "guid": r.guid, "flags": " ".join(flags)})
+                else:
+                    s = box.status()
+                    rows.append({"mailbox": info.name, "messages": str(s.messages), "uidvalidity": str(s.uidvalidity),
+                                 "uidnext": str(s.uidnext), "guid": s.guid, "highestmodseq": str(s.highestmodseq)})
+    finally:
+        st.close()
+    return rows
+
+
+def compare(doveadm, loc: str) -> tuple[list, list]:  # type: ignore[no-untyped-def]
+    """Assert doveadm, the dsync CLI and the storage API show the same; return doveadm's."""
+    theirs_fetch = _norm_fetch(doveadm.json(loc, "fetch", "mailbox uid guid flags", "all"))
+    theirs_status = sorted(doveadm.json(loc, "mailbox", "status", STATUS_FIELDS, "*"), key=lambda r: r["mailbox"])
+    for ours in (api_json, dsync_json):
+        ours_fetch = _norm_fetch(ours(loc, "fetch", "mailbox uid guid flags", "all"))
+        ours_status = sorted(ours(loc, "mailbox", "status", STATUS_FIELDS, "*"), key=lambda r: r["mailbox"])
+        assert ours_fetch == theirs_fetch, ours.__name__
+        assert ours_status == theirs_status, ours.__name__
+    return theirs_fetch, theirs_status
+
+
+def test_we_write_dovecot_reads_and_modifies(doveadm) -> None:  # type: ignore[no-untyped-def]
+    root = os.path.join(doveadm.base, "sdbox")
+    loc = f"sdbox:{root}"
+    doveadm.chown(doveadm.base)
+    st = open_storage(loc, Settings())
+    try:
+        st.create_mailbox("Entwürfe")
+        st.create_mailbox("Archive/2024", guid="0f" * 16, uidvalidity=1700000000)
+        st.create_mailbox("Tmp")
+        with st.open_mailbox("INBOX") as inbox:
+            inbox.save([
+                SaveRequest(io.BytesIO(MSGS[0]), flags=frozenset({"\\Seen"}), keywords=frozenset({"$Junk", "Work"}),
+                            internaldate=1_600_000_000),
+                SaveRequest(io.BytesIO(MSGS[1]), uid=5, guid="0123456789abcdef0123456789abcdef"),
+                SaveRequest(io.BytesIO(MSGS[0]), uid=9, guid="not-a-hex-guid@example.org"),
+                SaveRequest(io.BytesIO(MSGS[2]), flags=frozenset({"\\Answered", "\\Draft"})),
+            ])
+            inbox.update_flags([FlagUpdate(5, add_flags=frozenset({"\\Flagged"}), add_keywords=frozenset({"Later"})),
+                                FlagUpdate(1, remove_keywords=frozenset({"$Junk"}))])
+            inbox.expunge([9])
+        with st.open_mailbox("Archive/2024") as box:
+            box.save([SaveRequest(io.BytesIO(MSGS[1]), uid=3, flags=frozenset({"\\Deleted"}))])
+            box.update_status(min_uidnext=20, min_highestmodseq=100)
+        st.rename_mailbox("Tmp", "Tmp2")
+        st.delete_mailbox("Tmp2")
+        st.set_subscribed("Entwürfe", True)
+    finally:
+        st.close()
+    doveadm.chown(doveadm.base)
+
+    fetched, status = compare(doveadm, loc)
+    assert ("INBOX", "5", "0123456789abcdef0123456789abcdef", frozenset({"\\Flagged", "Later"})) in fetched
+    assert ("INBOX", "1") in {(m, u) for m, u, _, f in fetched if f == {"\\Seen", "Work"}}
+    archive = next(r for r in status if r["mailbox"] == "Archive/2024")
+    assert (archive["uidvalidity"], archive["uidnext"], archive["guid"]) == ("1700000000", "20", "0f" * 16)
+    assert int(archive["highestmodseq"]) >= 100
+    assert [r["mailbox"] for r in status] == ["Archive", "Archive/2024", "Entwürfe", "INBOX"] or \
+        "Tmp2" not in [r["mailbox"] for r in status]
+    with open(os.path.join(root, "mailboxes", "INBOX", "dbox-Mails", "u.5"), "rb") as f:
+        raw = f.read()
+    assert raw.startswith(b"2 M1e C") and b"\n\x01\x03\n" in raw and b"G0123456789abcdef0123456789abcdef\n" in raw
+
+    # Dovecot changes the mailbox: save, flag, expunge, purge, force-resync; no warnings.
+    doveadm.run(loc, "save", "-m", "INBOX", input=MSGS[2])
+    doveadm.run(loc, "flags", "add", "\\Seen Dove", "mailbox", "INBOX", "uid", "5")
+    doveadm.run(loc, "flags", "remove", "Work", "mailbox", "INBOX", "uid", "1")
+    doveadm.run(loc, "expunge", "mailbox", "INBOX", "uid", "2")
+    doveadm.run(loc, "purge")
+    force_resync(doveadm, loc)
+    fetched, _ = compare(doveadm, loc)
+    inbox = {u: (g, f) for m, u, g, f in fetched if m == "INBOX"}
+    assert inbox["5"][1] == {"\\Flagged", "\\Seen", "Later", "Dove"}
+    assert inbox["1"][1] == {"\\Seen"}
+    assert "2" not in inbox and "10" in inbox
+
+    # ... and we read its changes back, and keep writing after it.
+    st = open_storage(loc, Settings())
+    try:
+        with st.open_mailbox("INBOX") as box:
+            recs = {r.uid: r for r in box.records()}
+            assert recs[5].keywords == {"Later", "Dove"} and recs[5].flags == {"\\Flagged", "\\Seen"}
+            assert box.open_body(10).read() == MSGS[2]
+            hm = box.status().highestmodseq
+            box.update_flags([FlagUpdate(10, add_flags=frozenset({"\\Answered"}))])
+            box.expunge([1])
+            assert [(e.uid, e.modseq > hm) for e in box.expunges(hm)] == [(1, True)]
+            assert [r.uid for r in box.records(hm)] == [10]
+    finally:
+        st.close()
+    doveadm.chown(doveadm.base)
+    fetched, _ = compare(doveadm, loc)
+    assert ("INBOX", "10") in {(m, u) for m, u, _, f in fetched if "\\Answered" in f}
+
+
+def force_resync(doveadm, loc: str) -> None:  # type: ignore[no-untyped-def]
+    """``doveadm force-resync '*'``: Dovecot warns "Rebuilding index" for every mailbox it
+    rebuilds (its own stores too); anything else it prints means it found a problem."""
+    err = doveadm.run(loc, "force-resync", "*", allow_stderr=True).stderr.decode()
+    for line in err.splitlines():
+        assert line.endswith(": Rebuilding index") and "Warning: sdbox " in line, err
+
+
+def _populate_with_dovecot(doveadm, loc: str, rounds: int) -> None:  # type: ignore[no-untyped-def]
+    for m in MSGS:
+        doveadm.run(loc, "save", "-m", "INBOX", input=m)
+    doveadm.run(loc, "mailbox", "create", "Entwürfe", "Archive/2024", "Trash")
+    doveadm.run(loc, "save", "-m", "Archive/2024", input=MSGS[1])
+    doveadm.run(loc, "flags", "add", "\\Seen $Junk Work", "mailbox", "INBOX", "uid", "1")
+    doveadm.run(loc, "flags", "add", "\\Flagged \\Answered", "mailbox", "INBOX", "uid", "2")
+    doveadm.run(loc, "fetch", "modseq", "mailbox", "INBOX", "all")  # turns on per-message modseqs
+    doveadm.run(loc, "flags", "add", "\\Draft Later", "mailbox", "Archive/2024", "uid", "1")
+    doveadm.run(loc, "expunge", "mailbox", "INBOX", "uid", "3")
+    doveadm.run(loc, "mailbox", "rename", "Trash", "Bin")
+    bin_guid = doveadm.status(loc)["Bin"]["guid"]
+    doveadm.run(loc, "mailbox", "delete", "Bin")
+    doveadm.run(loc, "mailbox", "subscribe", "Entwürfe", "Archive/2024")
+    for i in range(rounds):
+        doveadm.run(loc, "flags", "replace", f"kw{i % 7} \\Seen", "mailbox", "INBOX", "uid", "2")
+    return bin_guid
+
+
+def _ours(loc: str) -> dict:  # type: ignore[type-arg]
+    st = open_storage(loc, Settings())
+    try:
+        out = {}
+        for info in st.list_mailboxes():
+            if info.selectable:
+                with st.open_mailbox(info.name) as box:
+                    out[info.name] = (box.status(), list(box.records()), box.expunges())
+        return out
+    finally:
+        st.close()
+
+
+def _theirs_modseqs(doveadm, loc: str) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    rows = doveadm.json(loc, "fetch", "mailbox uid guid flags modseq", "all")
+    return {(r["mailbox"], int(r["uid"])): (r["guid"], frozenset(r["flags"].split()) - {"\\Recent"}, int(r["modseq"]))
+            for r in rows}
+
+
+def test_dovecot_writes_we_read(doveadm) -> None:  # type: ignore[no-untyped-def]
+    root = os.path.join(doveadm.base, "sdbox")
+    loc = f"sdbox:{root}"
+    os.makedirs(root)
+    doveadm.chown(doveadm.base)
+    bin_guid = _populate_with_dovecot(doveadm, loc, 3)
+    idx = os.path.join(root, "mailboxes", "INBOX", "dbox-Mails")
+    assert not os.path.exists(os.path.join(idx, "dovecot.index.log.2"))
+    compare(doveadm, loc)
+    want = _theirs_modseqs(doveadm, loc)
+    got = _ours(loc)
+    for (mbox, uid), (guid, flags, modseq) in want.items():
+        rec = next(r for r in got[mbox][1] if r.uid == uid)
+        assert (rec.guid, rec.flags | rec.keywords, rec.modseq) == (guid, flags, modseq), (mbox, uid)
+    assert [e.uid for e in got["INBOX"][2]] == [3]
+    st = open_storage(loc, Settings())
+    try:
+        assert sorted(st.subscriptions()) == ["Archive/2024", "Entwürfe"]
+        assert any(r.type == MailboxLogType.DELETE_MAILBOX and r.guid == bin_guid for r in st.mailbox_log())
+        with st.open_mailbox("INBOX") as box:
+            assert box.open_body(1).read() == MSGS[0]
+    finally:
+        st.close()
+
+
+def test_dovecot_rotated_log_and_main_index(doveadm) -> None:  # type: ignore[no-untyped-def]
+    root = os.path.join(doveadm.base, "sdbox")
+    loc = f"sdbox:{root}"
+    os.makedirs(root)
+    doveadm.chown(doveadm.base)
+    _populate_with_dovecot(doveadm, loc, 0)
+    idx = os.path.join(root, "mailboxes", "INBOX", "dbox-Mails")
+    # Dovecot rotates a log over mail_index_log_rotate_max_size (1M) at its next sync, or
+    # over the min size once older than 5 minutes; a small max size makes it rotate now.
+    log_path = os.path.join(idx, "dovecot.index.log")
+    kws = " ".join(f"kw{i:03d}_" + "k" * 30 for i in range(100))
+    for _ in range(2):  # each round logs ~12 KiB of keyword records
+        doveadm.run(loc, "flags", "add", kws, "mailbox", "INBOX", "uid", "1:*")
+        doveadm.run(loc, "flags", "remove", kws, "mailbox", "INBOX", "uid", "2:*")
+    assert not os.path.exists(log_path + ".2")
+    small = ("-o", "mail_index_log_rotate_max_size=8k")
+    doveadm.run(loc, *small, "flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "2")
+    doveadm.run(loc, *small, "flags", "add", "Final", "mailbox", "INBOX", "uid", "1")
+    assert os.path.exists(log_path + ".2"), "Dovecot did not rotate the log"
+    assert os.path.exists(os.path.join(idx, "dovecot.index")), "Dovecot wrote no main index"
+    compare(doveadm, loc)
+    want = _theirs_modseqs(doveadm, loc)
+    got = _ours(loc)
+    for (mbox, uid), (guid, flags, modseq) in want.items():
+        rec = next(r for r in got[mbox][1] if r.uid == uid)
+        assert (rec.guid, rec.flags | rec.keywords, rec.modseq) == (guid, flags, modseq), (mbox, uid)
+    # We append to the rotated log; Dovecot accepts it.
+    st = open_storage(loc, Settings())
+    try:
+        with st.open_mailbox("INBOX") as box:
+            box.save([SaveRequest(io.BytesIO(MSGS[0]), keywords=frozenset({"Ours"}))])
+            box.expunge([2])
+    finally:
+        st.close()
+    doveadm.chown(doveadm.base)
+    fetched, _ = compare(doveadm, loc)
+    assert ("INBOX", "2") not in {(m, u) for m, u, _, _ in fetched}
+    force_resync(doveadm, loc)
+    compare(doveadm, loc)
