@@ -118,6 +118,15 @@ class Mailbox(abc.ABC):
     def expunges(self, since_modseq: int = 0) -> list[ExpungeRecord]:
         """Messages expunged at a modseq above ``since_modseq``, with their GUIDs."""
 
+    def expunges_complete_since(self) -> int:
+        """The smallest ``since_modseq`` for which :meth:`expunges` is complete.
+
+        A storage whose expunge history is trimmed (Dovecot rotates its transaction logs)
+        returns the modseq where its history starts; below that the engine must compare
+        full UID lists instead. The default, 0, means the history is complete.
+        """
+        return 0
+
     @abc.abstractmethod
     def open_body(self, uid: int) -> BinaryIO:
         """A binary stream of the full message (headers and body); read it in chunks."""
