@@ -444,7 +444,10 @@ class MaildirMailbox(Mailbox):
                 parts.append("-")
                 continue
             parts.append(f"{st.st_ino}.{st.st_size}.{st.st_mtime_ns}")
-            if now - st.st_mtime < RACY_SECONDS:
+            # Only directory mtimes are racy: an entry added in the same timestamp tick as
+            # our listing would not change them again. A file rewritten in that tick still
+            # changes inode or size (uidlist and keywords are replaced, never edited).
+            if p.endswith(("cur", "new")) and now - st.st_mtime < RACY_SECONDS:
                 racy = True
         return " ".join(parts), racy
 
