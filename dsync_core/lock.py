@@ -61,7 +61,8 @@ class DotLock:
         content = f"{os.getpid()}:{socket.gethostname()}".encode()
         while True:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                # Readable by all: a Dovecot waiting for our lock (as the mail user) watches it with inotify.
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 if self._is_stale():
                     try:

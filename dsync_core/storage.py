@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import BinaryIO, ClassVar
 
-from .errors import InvalidNameError, NotFoundError
+from .errors import InvalidNameError, NotFoundError, StorageError
 from .lock import FcntlLock
 from .model import (
     ExpungeRecord,
@@ -161,6 +161,17 @@ class Mailbox(abc.ABC):
         guid: str | None = None,
     ) -> MailboxStatus:
         """Change UIDVALIDITY or GUID, or raise UIDNEXT / HIGHESTMODSEQ to at least a value."""
+
+    def reset(self, uidvalidity: int) -> MailboxStatus:
+        """Expunge every message and restart UIDs at 1 under ``uidvalidity``; keep the GUID.
+
+        For a mailbox that cannot be deleted and re-created (INBOX) when a backup must make
+        its UIDs identical to the source's: IMAP allows UIDs to restart only together with a
+        UIDVALIDITY change, so clients drop their caches. The expunge history is dropped
+        too; HIGHESTMODSEQ never decreases. The default refuses: a storage that can do it
+        overrides this.
+        """
+        raise StorageError(f"Mailbox {self.name}: this storage can't reset a mailbox (restart its UIDs)")
 
     def keyword_order(self) -> list[str]:
         """Keywords in the mailbox's own order (Dovecot prints flags in this order).

@@ -21,7 +21,7 @@ from typing import BinaryIO
 import attrs
 
 from dsync_core.changelog import ChangeLog, Entry, MailboxChanges
-from dsync_core.errors import ExistsError, InvalidNameError, NotFoundError
+from dsync_core.errors import ExistsError, InvalidNameError, NotFoundError, UsageError
 from dsync_core.mailboxlog import name_hash
 from dsync_core.model import (
     ExpungeRecord,
@@ -166,12 +166,16 @@ class MemoryStorage(Storage):
         with self.state.lock:
             if old not in self.state.boxes:
                 raise NotFoundError(f"Mailbox doesn't exist: {old}")
-            if new in self.state.boxes:
-                raise ExistsError(f"Mailbox already exists: {new}")
             if new.startswith(old + HIERARCHY_SEP):
                 raise InvalidNameError(f"Can't rename mailbox {old} under itself")
             prefix = old + HIERARCHY_SEP
             moving = [n for n in self.state.boxes if n == old or n.startswith(prefix)]
+            # A name held only by a directory (children, no mailbox) can be renamed onto:
+            # the mailbox takes the directory's place, its children stay.
+            for n in moving:
+                there = self.state.boxes.get(new + n[len(old) :])
+                if there is not None and (there.selectable or n != old):
+                    raise ExistsError(f"Mailbox already exists: {new + n[len(old):]}")
             for n in moving:
                 # The _Box object moves as is: GUID, UIDs and change log key stay.
                 self.state.boxes[new + n[len(old) :]] = self.state.boxes.pop(n)
@@ -324,6 +328,18 @@ class MemoryMailbox(Mailbox):
             for e in gone:
                 self.box.bodies.pop(e.uid, None)
             return [ExpungeRecord(e.uid, e.guid, modseq) for e in gone]
+
+    def reset(self, uidvalidity: int) -> MailboxStatus:
+        if not 0 < uidvalidity < 2**32:
+            raise UsageError(f"Invalid UIDVALIDITY {uidvalidity}: must be 1..4294967295")
+        with self._lock:
+            highest = self._changes.meta().highestmodseq
+            self._changes.reset()  # entries and expunge history go; modseqs keep growing
+            self._changes.commit(min_modseq=highest + 1)
+            self.box.bodies.clear()
+            self.box.uidvalidity = uidvalidity
+            self.box.uidnext = 1
+            return self.status()
 
     def update_status(
         self,

@@ -87,7 +87,10 @@ class Layout:
     def index_dir(self, name: str) -> str:
         if self.index_root == self.root:
             return self.mail_dir(name)
-        return self.index_root if name == "INBOX" else os.path.join(self.index_root, self._relative(name))
+        if name == "INBOX":
+            # Dovecot keeps INBOX's index in its own subdirectory of INDEX= (verified 2.3.19).
+            return os.path.join(self.index_root, "INBOX" if self.fs else ".INBOX")
+        return os.path.join(self.index_root, self._relative(name))
 
     # -- listing -------------------------------------------------------------------
     def _decode(self, levels: list[str], where: str) -> str | None:

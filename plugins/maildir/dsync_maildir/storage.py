@@ -53,6 +53,7 @@ from dsync_core.uidvalidity import allocate_uidvalidity
 from . import filename as fn
 from . import keywords as kwmod
 from . import uidlist as ulmod
+from .dovecot_index_sync import DovecotIndexSync
 from .layout import MAILDIR_SUBDIRS, Layout
 
 log = logging.getLogger("dsync.maildir")
@@ -237,6 +238,10 @@ class MaildirStorage(Storage):
         box = MaildirMailbox(self, name, create_header=False)
         try:
             box.init_header(guid=guid, uidvalidity=uidvalidity)
+            with box.locked():
+                ul, _ = ulmod.read(box.uidlist_path)
+                if ul is not None:
+                    box.tell_dovecot(ul.uidvalidity, ul.effective_next_uid, uidlist=ul)
             return MailboxInfo(name=name, guid=box.guid, uidvalidity=box.header_uidvalidity)
         finally:
             box.close()
@@ -285,8 +290,13 @@ class MaildirStorage(Storage):
         children = [n for n in existing if n.startswith(old + HIERARCHY_SEP)]
         if old not in existing and not children:
             raise NotFoundError(f"Mailbox doesn't exist: {old}")
-        if new == "INBOX" or new in existing:
+        if new == "INBOX" or (new in existing and (existing[new] or not self.layout.fs)):
             raise ExistsError(f"Mailbox already exists: {new}")
+        if new in existing:
+            # LAYOUT=fs: only a directory holding children has that name; the mailbox moves into it.
+            self._rename_into_directory(old, new)
+            self._log(MailboxLogType.RENAME, mailboxlog.name_hash(new))
+            return
         if self.layout.fs:
             pairs = [(old, new)]
         else:
@@ -310,6 +320,48 @@ class MaildirStorage(Storage):
             raise StorageError(f"Can't rename mailbox {old} to {new}: {e.strerror}") from None
         fsync_dirs({os.path.dirname(get(p)) for get in getters for _, p in pairs}, enabled=self.fsync)
         self._log(MailboxLogType.RENAME, mailboxlog.name_hash(new))
+
+    def _rename_into_directory(self, old: str, new: str) -> None:
+        """Rename ``old`` onto ``new``, a directory that only holds children (LAYOUT=fs): the
+        entries of ``old`` (its Maildir subdirectories, files and child directories) move into
+        it. Nothing moves if any entry would collide."""
+        getters = [self.layout.mail_dir]
+        if self.layout.control_root != self.root:
+            getters.append(self.layout.control_dir)
+        if self.layout.index_root != self.root:
+            getters.append(self.layout.index_dir)
+        moves: list[tuple[str, str, list[str]]] = []
+        try:
+            for get in getters:
+                s, d = get(old), get(new)
+                if not os.path.isdir(s):
+                    continue
+                if not os.path.isdir(d):
+                    moves.append((s, d, []))
+                    continue
+                names = os.listdir(s)
+                left = set(os.listdir(d))
+                if os.path.dirname(s) == d:
+                    left.discard(os.path.basename(s))  # old itself leaves the directory
+                clash = sorted(left & set(names))
+                if clash:
+                    raise ExistsError(f"Mailbox already exists: {new} (it holds {clash[0]})")
+                moves.append((s, d, names))
+            for s, d, names in moves:
+                if not names and not os.path.isdir(d):
+                    self.makedirs(os.path.dirname(d))
+                    os.rename(s, d)
+                    continue
+                # Via a hidden name inside the target, so that a child named like old's last
+                # level can move up; the layout never lists names starting with ".".
+                tmp = os.path.join(d, f".dsync-rename-{secrets.token_hex(8)}")
+                os.rename(s, tmp)
+                for n in names:
+                    os.rename(os.path.join(tmp, n), os.path.join(d, n))
+                os.rmdir(tmp)
+        except OSError as e:
+            raise StorageError(f"Can't rename mailbox {old} to {new}: {e.strerror}") from None
+        fsync_dirs({d for _s, d, _n in moves} | {os.path.dirname(s) for s, _d, _n in moves}, enabled=self.fsync)
 
     def mailbox_log(self) -> list[MailboxLogRecord]:
         return mailboxlog.read_log(os.path.join(self.layout.index_root, mailboxlog.FILENAME))
@@ -373,6 +425,7 @@ class MaildirMailbox(Mailbox):
         self._guid = ""
         self.header_uidvalidity = 0
         self.changes: MailboxChanges | None = None
+        self.dovecot = DovecotIndexSync(lay.index_dir(name), name, fsync=storage.fsync, chown=storage.own)
         # Dovecot creates missing cur/new/tmp of an existing mailbox directory.
         for sub in MAILDIR_SUBDIRS:
             p = os.path.join(self.dir, sub)
@@ -561,7 +614,8 @@ class MaildirMailbox(Mailbox):
                                 "n": uidnext, "g": ul.guid})
             # Keep HIGHESTMODSEQ at least where Dovecot's own index has it, so that both
             # tools report the same value for a mailbox Dovecot has used (and ours stays above).
-            dovecot_modseq = dovecot_index.highest_modseq(self.storage.layout.index_dir(self.name)) or 0
+            # An empty mailbox Dovecot never saw still has HIGHESTMODSEQ 1 there (a new log's start).
+            dovecot_modseq = dovecot_index.highest_modseq(self.storage.layout.index_dir(self.name)) or 1
             self.changes.commit(upserts=upserts, expunged=expunged, stamp=stamp, min_modseq=dovecot_modseq)
             return ul.uidvalidity, uidnext
 
@@ -569,6 +623,40 @@ class MaildirMailbox(Mailbox):
         """After our own uidlist change: keep the cached UIDNEXT right, force a rescan."""
         assert self.changes is not None
         self.changes.commit(stamp=json.dumps({"disk": "", "v": uidvalidity, "n": uidnext, "g": self._guid}))
+
+    def tell_dovecot(
+        self,
+        uidvalidity: int,
+        next_uid: int,
+        *,
+        at_least: int = 0,
+        present: dict[int, tuple[frozenset[str], frozenset[str]]] | None = None,
+        expunged: list[tuple[int, str]] | None = None,
+        uidlist: ulmod.Uidlist | None = None,
+    ) -> int:
+        """Describe our change in Dovecot's index (creating one if the mailbox has none);
+        return Dovecot's HIGHESTMODSEQ after it, 0 if its index was left alone.
+        Call with the uidlist lock held, after the change is on disk; ``uidlist`` (as read
+        under that lock) is needed to announce new messages or a higher next UID."""
+        assert self.changes is not None
+        changes = self.changes
+        if not os.path.isdir(self.dovecot.dir):
+            self.storage.makedirs(self.dovecot.dir)
+        present = present or {}
+        gone = expunged or []
+
+        def everything() -> dict[int, tuple[frozenset[str], frozenset[str]]]:
+            out = {e.uid: (e.flags, e.keywords) for e in changes.entries()}
+            out.update(present)
+            for uid, _guid in gone:
+                out.pop(uid, None)
+            return out
+
+        return self.dovecot.record(
+            uidvalidity=uidvalidity, next_uid=next_uid, at_least=at_least, present=present, expunged=gone,
+            everything=everything, uidlist_uids=[r.uid for r in uidlist.records] if uidlist is not None else None,
+            keyword_order=self.keyword_order(),
+        )
 
     # -- reading -----------------------------------------------------------------------
     def status(self) -> MailboxStatus:
@@ -598,6 +686,12 @@ class MaildirMailbox(Mailbox):
         self._refresh()
         assert self.changes is not None
         return self.changes.expunges(since_modseq)
+
+    def keyword_order(self) -> list[str]:
+        """``dovecot-keywords`` order: the order in which our log and Dovecot's own sync
+        introduce keywords to Dovecot's index, which doveadm prints flags in."""
+        kw, _ = kwmod.read(self.keywords_path)
+        return [n for n in kw.names if n is not None]
 
     def _entry(self, uid: int) -> Entry | None:
         assert self.changes is not None
@@ -713,12 +807,18 @@ class MaildirMailbox(Mailbox):
                         os.unlink(str(p["tmp"]))
                 raise
             fsync_dirs([os.path.join(self.dir, "new"), os.path.join(self.dir, "cur")], enabled=st.fsync)
+            dovecot_modseq = self.tell_dovecot(
+                ul.uidvalidity, ul.effective_next_uid, at_least=self.changes.meta().highestmodseq + 1,
+                present={int(p["uid"]): (p["flags"], p["keywords"]) for p in plans},  # type: ignore[call-overload,misc]
+                uidlist=ul,
+            )
             entries = [
                 Entry(
                     uid=int(p["uid"]),  # type: ignore[call-overload]
                     guid=str(p["gfield"] or p["base"]),
                     flags=p["flags"],  # type: ignore[arg-type]
                     keywords=p["keywords"],  # type: ignore[arg-type]
+                    modseq=dovecot_modseq,
                     internaldate=int(p["mtime"]),  # type: ignore[call-overload]
                     size=int(p["size"]),  # type: ignore[call-overload]
                     vsize=int(p["vsize"]),  # type: ignore[call-overload]
@@ -726,7 +826,7 @@ class MaildirMailbox(Mailbox):
                 )
                 for p in plans
             ]
-            modseq = self.changes.commit(upserts=entries)
+            modseq = self.changes.commit(upserts=entries, min_modseq=dovecot_modseq)
             self._update_stamp_values(ul.uidvalidity, ul.effective_next_uid)
             return [attrs_evolve_modseq(e.record(), modseq) for e in entries]
 
@@ -852,7 +952,16 @@ class MaildirMailbox(Mailbox):
             fsync_dirs([os.path.join(self.dir, "new"), os.path.join(self.dir, "cur")], enabled=st.fsync)
             if not upserts:
                 return []
-            self.changes.commit(upserts=upserts)
+            changed = any((u.flags, u.keywords) != (current[u.uid].flags, current[u.uid].keywords) for u in upserts)
+            ul_hdr, _ = ulmod.read_header(self.uidlist_path)
+            dovecot_modseq = 0
+            if ul_hdr is not None:
+                dovecot_modseq = self.tell_dovecot(
+                    ul_hdr.uidvalidity, ul_hdr.next_uid,
+                    at_least=self.changes.meta().highestmodseq + (1 if changed else 0),
+                    present={u.uid: (u.flags, u.keywords) for u in upserts},
+                )
+            self.changes.commit(upserts=upserts, min_modseq=dovecot_modseq)
             return list(self.records_by_uid_nolock([u.uid for u in upserts]))
 
     def records_by_uid_nolock(self, uids: list[int]) -> Iterator[MessageRecord]:
@@ -884,7 +993,14 @@ class MaildirMailbox(Mailbox):
             fsync_dirs([os.path.join(self.dir, "new"), os.path.join(self.dir, "cur")], enabled=self.storage.fsync)
             if not gone:
                 return []
-            modseq = self.changes.commit(expunged=[e.uid for e in gone])
+            ul_hdr, _ = ulmod.read_header(self.uidlist_path)
+            dovecot_modseq = 0
+            if ul_hdr is not None:
+                dovecot_modseq = self.tell_dovecot(
+                    ul_hdr.uidvalidity, ul_hdr.next_uid, at_least=self.changes.meta().highestmodseq + 1,
+                    expunged=[(e.uid, e.guid) for e in gone],
+                )
+            modseq = self.changes.commit(expunged=[e.uid for e in gone], min_modseq=dovecot_modseq)
             return [ExpungeRecord(e.uid, e.guid, modseq) for e in gone]
 
     def update_status(
@@ -930,7 +1046,67 @@ class MaildirMailbox(Mailbox):
                 self._rescan()
             if min_highestmodseq:
                 self.changes.commit(min_modseq=min_highestmodseq)
+            if changed or min_highestmodseq:
+                dovecot_modseq = self.tell_dovecot(
+                    ul.uidvalidity, ul.effective_next_uid, at_least=self.changes.meta().highestmodseq, uidlist=ul,
+                )
+                self.changes.commit(min_modseq=dovecot_modseq)
         return self.status()
+
+    def reset(self, uidvalidity: int) -> MailboxStatus:
+        """Remove every message file, then rewrite ``dovecot-uidlist`` with the new
+        UIDVALIDITY, next UID 1 and no records (same GUID). Dovecot's own index of the
+        mailbox is removed and started afresh: an index whose UIDVALIDITY differs from the
+        uidlist's is reset by Dovecot anyway (storage-formats §2.5 item 6), and one with
+        the same UIDVALIDITY but higher UIDs must not survive."""
+        if not 0 < uidvalidity < 2**32:
+            raise UsageError(f"Invalid UIDVALIDITY {uidvalidity}: must be 1..4294967295")
+        st = self.storage
+        with self.locked():
+            self._refresh()
+            ul, ul_st = ulmod.read(self.uidlist_path)
+            assert ul is not None and self.changes is not None
+            highest = self.changes.meta().highestmodseq
+            for sub in ("new", "cur"):
+                d = os.path.join(self.dir, sub)
+                with contextlib.suppress(FileNotFoundError), os.scandir(d) as it:
+                    for e in it:
+                        if fn.parse_name(e.name) is None:
+                            continue
+                        try:
+                            os.unlink(e.path)
+                        except FileNotFoundError:
+                            pass
+                        except OSError as err:
+                            raise StorageError(f"Cannot remove {e.path}: {err.strerror}") from None
+            fsync_dirs([os.path.join(self.dir, "new"), os.path.join(self.dir, "cur")], enabled=st.fsync)
+            fresh = ulmod.Uidlist(uidvalidity=uidvalidity, next_uid=1, guid=ul.guid, version=ul.version,
+                                  extra_header=ul.extra_header)
+            ulmod.rewrite(self.uidlist_path, fresh, ul_st, fsync=st.fsync, chown=st.own)
+            self.header_uidvalidity = uidvalidity
+            self._drop_dovecot_index()
+            self.changes.reset()
+            self.changes.commit(min_modseq=highest + 1)
+            self._update_stamp_values(uidvalidity, 1)
+            self._rescan()
+            dovecot_modseq = self.tell_dovecot(uidvalidity, 1, at_least=self.changes.meta().highestmodseq,
+                                               uidlist=fresh)
+            self.changes.commit(min_modseq=dovecot_modseq)
+        return self.status()
+
+    def _drop_dovecot_index(self) -> None:
+        d = self.dovecot.dir
+        with contextlib.suppress(FileNotFoundError), os.scandir(d) as it:
+            for e in it:
+                name = e.name
+                if (name == dovecot_index.INDEX_PREFIX or name.startswith(dovecot_index.INDEX_PREFIX + ".")) and (
+                    not name.endswith(".lock") and e.is_file(follow_symlinks=False)
+                ):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
+        lay = self.storage.layout
+        self.dovecot = DovecotIndexSync(lay.index_dir(self.name), self.name, fsync=self.storage.fsync,
+                                        chown=self.storage.own)
 
     def close(self) -> None:
         if self._lock_depth:
