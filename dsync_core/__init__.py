@@ -35,12 +35,14 @@ from .model import (
 from .plugin import hookimpl
 from .settings import Settings, load_settings
 from .storage import Mailbox, Storage
+from .sync import sync
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     "open_storage",
+    "sync",
     "known_schemes",
     "hookimpl",
     "Location",

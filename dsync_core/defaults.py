@@ -16,7 +16,7 @@ def dsync_changelog_open(path: str, settings: Settings) -> ChangeLog:
 
 @hookimpl(trylast=True)
 def dsync_userdb_lookup(user: str, settings: Settings) -> UserInfo | None:
-    return system_lookup(user)
+    return system_lookup(user, settings)
 
 
 @hookimpl(trylast=True)

@@ -9,7 +9,7 @@ if [ -z "${DSYNC:-}" ]; then
   if [ ! -x .venv/bin/dsync ]; then
     echo "==> Installing dsync-core and dsync-maildir into .venv"
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check -e . -e plugins/maildir
+    .venv/bin/pip install -q --disable-pip-version-check -e . -e plugins/maildir -e plugins/mdbox
   fi
   DSYNC=$top/.venv/bin/dsync
 fi
@@ -50,6 +50,14 @@ echo "==> dsync -f json fetch 'mailbox uid guid flags' mailbox Archive/2024"
 ds -f json fetch 'mailbox uid guid flags' mailbox Archive/2024
 echo
 echo
-echo "Done: $(find "$out/Maildir" -type f -path '*/cur/*' -o -type f -path '*/new/*' | wc -l) messages in $out/Maildir,"
-echo "a Maildir that Dovecot reads as it is (dovecot-uidlist, dovecot-keywords, subscriptions)."
+echo "==> dsync -o mail_location=$loc backup sdbox:$out/sdbox   (convert to Dovecot's sdbox)"
+ds backup --json "sdbox:$out/sdbox"
+echo
+echo "==> mark the invoice read in the sdbox copy, then a two-way sync brings it back"
+"$DSYNC" -o "mail_location=sdbox:$out/sdbox" flags add '\Seen' mailbox INBOX header Message-ID '<inv-2024-09-0042@shop.example>'
+ds -v sync "sdbox:$out/sdbox"
+ds -f table fetch 'mailbox uid flags hdr.subject' mailbox INBOX
+echo
+echo "Done: $(find "$out/Maildir" -type f -path '*/cur/*' -o -type f -path '*/new/*' | wc -l) messages in $out/Maildir"
+echo "(a Maildir that Dovecot reads as it is) and the same mail as sdbox in $out/sdbox."
 echo "Try: $DSYNC -o mail_location=$loc fetch 'uid flags hdr.subject' mailbox INBOX"

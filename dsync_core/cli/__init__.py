@@ -8,6 +8,7 @@ plugins add more through the ``dsync_add_commands`` hook.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import logging
 import os
 import sys
@@ -17,15 +18,19 @@ from ..errors import EX_SOFTWARE, EX_USAGE, DsyncError, UsageError
 from ..formatter import FORMATTERS
 from ..plugin.manager import get_plugin_manager
 from ..settings import load_settings
-from . import mail
+from . import mail, sync, user
 from .context import CliContext
+
+#: The user a command works for right now, named in ``dsync(USER):`` lines; unset = the invoking user.
+current_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("dsync_current_user", default=None)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as :class:`UsageError` (exit 64, like doveadm)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message}\nusage: {self.format_usage().strip().removeprefix('usage: ')}")
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        raise UsageError(f"{message} (usage: {usage})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="dsync-py 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     mail.add_commands(sub)
+    sync.add_commands(sub)
+    user.add_commands(sub)
     get_plugin_manager().hook.dsync_add_commands(subparsers=sub)
     return parser
 
@@ -74,6 +81,8 @@ def one_line(text: str) -> str:
 
 def _user_tag() -> str:
     """The user named in log lines, as doveadm's ``doveadm(user):`` prefix."""
+    if current_user.get():
+        return current_user.get()  # type: ignore[return-value]
     if os.environ.get("USER"):
         return os.environ["USER"]
     try:

@@ -8,8 +8,9 @@ import pluggy
 
 from . import NAME, spec
 
-#: Built-in behaviour, registered as ordinary plugins (their hooks are ``trylast``).
-DEFAULT_PLUGINS: tuple[str, ...] = ("dsync_core.defaults",)
+#: Built-in behaviour, registered as ordinary plugins: the passwd-file userdb, then the
+#: ``trylast`` defaults (the system userdb among them).
+DEFAULT_PLUGINS: tuple[str, ...] = ("dsync_core.userdb", "dsync_core.defaults", "dsync_core.policy")
 
 _pm: pluggy.PluginManager | None = None
 
