@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 
-from dsync_core import mutf7
 from dsync_core.errors import InvalidNameError
+from dsync_core.fsstorage import DirectoryLayout
 from dsync_core.storage import HIERARCHY_SEP, normalize_mailbox_name
 
 log = logging.getLogger("dsync.maildir")
@@ -23,7 +23,7 @@ log = logging.getLogger("dsync.maildir")
 MAILDIR_SUBDIRS = ("cur", "new", "tmp")
 
 
-class Layout:
+class Layout(DirectoryLayout):
     """Where a mailbox's mail, control and index files live."""
 
     def __init__(
@@ -36,13 +36,22 @@ class Layout:
         control: str | None = None,
         index: str | None = None,
     ) -> None:
-        self.root = os.path.abspath(root)
+        super().__init__(root, index=index, utf8=utf8)
         self.fs = fs
-        self.utf8 = utf8
         self.sep = "/" if fs else "."
         self.inbox = os.path.abspath(inbox) if inbox else self.root
         self.control_root = os.path.abspath(control) if control else self.root
-        self.index_root = os.path.abspath(index) if index else self.root
+
+    def roots(self) -> set[str]:
+        return {self.root, self.control_root, self.index_root, self.inbox}
+
+    @property
+    def v1_separator(self) -> str:  # type: ignore[override]
+        return self.sep
+
+    @property
+    def subscriptions_dir(self) -> str:
+        return self.control_root
 
     # -- names ---------------------------------------------------------------------
     def validate(self, name: str) -> str:
@@ -57,15 +66,6 @@ class Layout:
             if self.fs and (level.startswith(".") or level in MAILDIR_SUBDIRS):
                 raise InvalidNameError(f"Invalid mailbox name {name!r}: level {level!r} is reserved in LAYOUT=fs")
         return name
-
-    def encode_level(self, level: str) -> str:
-        return level if self.utf8 else mutf7.encode(level)
-
-    def decode_level(self, level: str) -> str:
-        return level if self.utf8 else mutf7.decode(level)
-
-    def storage_levels(self, name: str) -> list[str]:
-        return [self.encode_level(level) for level in name.split(HIERARCHY_SEP)]
 
     # -- paths ---------------------------------------------------------------------
     def _relative(self, name: str) -> str:

@@ -14,12 +14,11 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from dsync_core import dovecot_index, mailboxlog, subscriptions
+from dsync_core import dovecot_index, mailboxlog
 from dsync_core.changelog import ChangeLog, Entry, MailboxChanges
 from dsync_core.durable import fsync_dirs, fsync_enabled, sync_files
 from dsync_core.errors import (
@@ -32,13 +31,13 @@ from dsync_core.errors import (
     StorageError,
     UsageError,
 )
+from dsync_core.fsstorage import DirectoryStorage
 from dsync_core.location import Location
 from dsync_core.lock import DotLock
 from dsync_core.model import (
     ExpungeRecord,
     FlagUpdate,
     MailboxInfo,
-    MailboxLogRecord,
     MailboxLogType,
     MailboxStatus,
     MessageRecord,
@@ -47,7 +46,7 @@ from dsync_core.model import (
     normalize_flag,
 )
 from dsync_core.settings import Settings
-from dsync_core.storage import HIERARCHY_SEP, Mailbox, Storage, normalize_mailbox_name, parent_names
+from dsync_core.storage import HIERARCHY_SEP, Mailbox, parent_names
 from dsync_core.uidvalidity import allocate_uidvalidity
 
 from . import filename as fn
@@ -80,7 +79,7 @@ def _new_guid() -> str:
     return secrets.token_hex(16)
 
 
-class MaildirStorage(Storage):
+class MaildirStorage(DirectoryStorage):
     scheme = "maildir"
     have_guids = True
     have_save_guids = True
@@ -113,7 +112,6 @@ class MaildirStorage(Storage):
             index=opts.get("INDEX") or None,
         )
         self.fsync = fsync_enabled(self.settings)
-        self._owner: tuple[int, int] | None = None
         self._create_root()
         if changelog is None:
             from dsync_core.plugin.manager import get_plugin_manager
@@ -129,13 +127,7 @@ class MaildirStorage(Storage):
     # -- filesystem helpers ------------------------------------------------------------
     def _create_root(self) -> None:
         try:
-            probe = self.root
-            while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-                probe = os.path.dirname(probe)
-            st = os.stat(probe)
-            if os.geteuid() == 0 and st.st_uid != 0:
-                # Running as root on a user's mail: keep everything owned by that user.
-                self._owner = (st.st_uid, st.st_gid)
+            self._adopt_owner()
             if not os.path.isdir(self.root):
                 os.makedirs(self.root, mode=0o700, exist_ok=True)
                 self.own(self.root)
@@ -145,50 +137,6 @@ class MaildirStorage(Storage):
                 self.makedirs(os.path.join(self.layout.inbox, sub))
         except OSError as e:
             raise StorageError(f"Cannot create Maildir {self.root}: {e.strerror}") from None
-
-    def own(self, path: str) -> None:
-        """Give a file we created to the owner of the mail root (when running as root)."""
-        if self._owner is not None:
-            with contextlib.suppress(OSError):
-                os.lchown(path, *self._owner)
-
-    def _inside(self, path: str) -> bool:
-        path = os.path.abspath(path)
-        for r in {self.root, self.layout.control_root, self.layout.index_root, self.layout.inbox}:
-            if path == r or path.startswith(r.rstrip("/") + "/"):
-                return True
-        return False
-
-    def makedirs(self, path: str) -> None:
-        """Create a directory (and parents) inside our roots only, owned like the root."""
-        path = os.path.abspath(path)
-        if not self._inside(path):
-            raise StorageError(f"Refusing to create {path}: outside the mail location")
-        if os.path.isdir(path):
-            return
-        parent = os.path.dirname(path)
-        if parent != path and not os.path.isdir(parent):
-            if self._inside(parent):
-                self.makedirs(parent)
-            else:
-                os.makedirs(parent, mode=0o700, exist_ok=True)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            return
-        self.own(path)
-
-    def _rmtree(self, path: str) -> None:
-        path = os.path.abspath(path)
-        roots = {self.root, self.layout.control_root, self.layout.index_root, self.layout.inbox}
-        if path in roots or not self._inside(path):
-            raise StorageError(f"Refusing to remove {path}")
-        shutil.rmtree(path, ignore_errors=True)
-
-    def _log(self, kind: MailboxLogType, guid: str) -> None:
-        path = os.path.join(self.layout.index_root, mailboxlog.FILENAME)
-        mailboxlog.append_log(path, [MailboxLogRecord(kind, guid, mailboxlog.now())])
-        self.own(path)
 
     def _exists(self, name: str) -> bool:
         if name == "INBOX":
@@ -362,38 +310,6 @@ class MaildirStorage(Storage):
         except OSError as e:
             raise StorageError(f"Can't rename mailbox {old} to {new}: {e.strerror}") from None
         fsync_dirs({d for _s, d, _n in moves} | {os.path.dirname(s) for s, _d, _n in moves}, enabled=self.fsync)
-
-    def mailbox_log(self) -> list[MailboxLogRecord]:
-        return mailboxlog.read_log(os.path.join(self.layout.index_root, mailboxlog.FILENAME))
-
-    # -- subscriptions -----------------------------------------------------------------
-    def _subs_path(self) -> str:
-        return os.path.join(self.layout.control_root, "subscriptions")
-
-    def subscriptions(self) -> list[str]:
-        out: list[str] = []
-        for levels in subscriptions.read_subscriptions(self._subs_path(), v1_separator=self.layout.sep):
-            try:
-                name = normalize_mailbox_name(HIERARCHY_SEP.join(self.layout.decode_level(x) for x in levels))
-            except InvalidNameError as e:
-                log.warning("Ignoring subscription %r in %s: %s", levels, self._subs_path(), e.message)
-                continue
-            if name not in out:
-                out.append(name)
-        return out
-
-    def set_subscribed(self, name: str, subscribed: bool) -> None:
-        name = self.layout.validate(name)
-        levels = self.layout.storage_levels(name)
-        current = subscriptions.read_subscriptions(self._subs_path(), v1_separator=self.layout.sep)
-        has = levels in current
-        if subscribed and not has:
-            subscriptions.write_subscriptions(self._subs_path(), [*current, levels])
-        elif not subscribed and has:
-            subscriptions.write_subscriptions(self._subs_path(), [x for x in current if x != levels])
-        self.own(self._subs_path())
-        kind = MailboxLogType.SUBSCRIBE if subscribed else MailboxLogType.UNSUBSCRIBE
-        self._log(kind, mailboxlog.name_hash(name))
 
     # -- mailboxes ---------------------------------------------------------------------
     def open_mailbox(self, name: str) -> MaildirMailbox:

@@ -12,22 +12,23 @@ from __future__ import annotations
 import logging
 import os
 
-from dsync_core import mutf7
 from dsync_core.errors import InvalidNameError
+from dsync_core.fsstorage import DirectoryLayout
 from dsync_core.storage import HIERARCHY_SEP, normalize_mailbox_name
 
 log = logging.getLogger("dsync.dbox")
 
 
-class DboxLayout:
+class DboxLayout(DirectoryLayout):
     def __init__(self, root: str, *, index: str | None = None, alt: str | None = None, utf8: bool = False,
                  dirname: str = "dbox-Mails", mailboxdir: str = "mailboxes") -> None:
-        self.root = os.path.abspath(root)
-        self.index_root = os.path.abspath(index) if index else self.root
+        super().__init__(root, index=index, utf8=utf8)
         self.alt_root = os.path.abspath(alt) if alt else None
-        self.utf8 = utf8
         self.dirname = dirname
         self.mailboxdir = mailboxdir
+
+    def roots(self) -> set[str]:
+        return {r for r in (self.root, self.index_root, self.alt_root) if r}
 
     def validate(self, name: str) -> str:
         name = normalize_mailbox_name(name)
@@ -35,15 +36,6 @@ class DboxLayout:
             if level == self.dirname:
                 raise InvalidNameError(f"Invalid mailbox name {name!r}: {level!r} is reserved for dbox")
         return name
-
-    def encode_level(self, level: str) -> str:
-        return level if self.utf8 else mutf7.encode(level)
-
-    def decode_level(self, level: str) -> str:
-        return level if self.utf8 else mutf7.decode(level)
-
-    def storage_levels(self, name: str) -> list[str]:
-        return [self.encode_level(x) for x in name.split(HIERARCHY_SEP)]
 
     def _under(self, root: str, name: str) -> str:
         return os.path.join(root, self.mailboxdir, *self.storage_levels(name))

@@ -20,14 +20,13 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import socket
 import struct
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
-from dsync_core import dbox, mailboxlog, subscriptions
+from dsync_core import dbox, mailboxlog
 from dsync_core import dovecot_index as di
 from dsync_core.dovecot_index import logfile as lf
 from dsync_core.dovecot_index.state import OFF_FIRST_RECENT_UID, OFF_NEXT_UID, OFF_UID_VALIDITY
@@ -42,12 +41,12 @@ from dsync_core.errors import (
     StorageError,
     UsageError,
 )
+from dsync_core.fsstorage import DirectoryStorage
 from dsync_core.location import Location
 from dsync_core.model import (
     ExpungeRecord,
     FlagUpdate,
     MailboxInfo,
-    MailboxLogRecord,
     MailboxLogType,
     MailboxStatus,
     MessageRecord,
@@ -56,7 +55,7 @@ from dsync_core.model import (
     normalize_flag,
 )
 from dsync_core.settings import Settings
-from dsync_core.storage import HIERARCHY_SEP, Mailbox, Storage, normalize_mailbox_name, parent_names
+from dsync_core.storage import HIERARCHY_SEP, Mailbox, parent_names
 from dsync_core.uidvalidity import allocate_uidvalidity
 
 from .layout import DboxLayout
@@ -101,7 +100,7 @@ def new_mailbox_transaction(guid: str, uidvalidity: int) -> lf.Transaction:
     return tx
 
 
-class SdboxStorage(Storage):
+class SdboxStorage(DirectoryStorage):
     scheme = "sdbox"
     have_guids = True
     have_save_guids = True
@@ -124,61 +123,14 @@ class SdboxStorage(Storage):
             mailboxdir=opts.get("MAILBOXDIR") or "mailboxes",
         )
         self.fsync = fsync_enabled(self.settings)
-        self._owner: tuple[int, int] | None = None
         try:
-            probe = self.root
-            while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-                probe = os.path.dirname(probe)
-            st = os.stat(probe)
-            if os.geteuid() == 0 and st.st_uid != 0:
-                # Running as root on a user's mail: keep everything owned by that user.
-                self._owner = (st.st_uid, st.st_gid)
+            self._adopt_owner()
             self.makedirs(os.path.join(self.root, self.layout.mailboxdir))
             self.makedirs(self.layout.index_root)
         except OSError as e:
             raise StorageError(f"Cannot create sdbox {self.root}: {e.strerror}") from None
 
     # -- filesystem helpers ------------------------------------------------------------
-    def own(self, path: str) -> None:
-        """Give a file we created to the owner of the mail root (when running as root)."""
-        if self._owner is not None:
-            with contextlib.suppress(OSError):
-                os.lchown(path, *self._owner)
-
-    def _roots(self) -> list[str]:
-        return [r for r in (self.root, self.layout.index_root, self.layout.alt_root) if r]
-
-    def _inside(self, path: str) -> bool:
-        path = os.path.abspath(path)
-        return any(path == r or path.startswith(r.rstrip("/") + "/") for r in self._roots())
-
-    def makedirs(self, path: str) -> None:
-        path = os.path.abspath(path)
-        if os.path.isdir(path):
-            return
-        parent = os.path.dirname(path)
-        if parent != path and not os.path.isdir(parent):
-            if self._inside(parent):
-                self.makedirs(parent)
-            else:
-                os.makedirs(parent, mode=0o700, exist_ok=True)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            return
-        self.own(path)
-
-    def _rmtree(self, path: str) -> None:
-        path = os.path.abspath(path)
-        if path in self._roots() or not self._inside(path):
-            raise StorageError(f"Refusing to remove {path}")
-        shutil.rmtree(path, ignore_errors=True)
-
-    def _log(self, kind: MailboxLogType, guid: str) -> None:
-        path = os.path.join(self.layout.index_root, mailboxlog.FILENAME)
-        mailboxlog.append_log(path, [MailboxLogRecord(kind, guid, mailboxlog.now())])
-        self.own(path)
-
     def _exists(self, name: str) -> bool:
         return os.path.isdir(self.layout.mail_dir(name))
 
@@ -289,38 +241,6 @@ class SdboxStorage(Storage):
             raise StorageError(f"Can't rename mailbox {old} to {new}: {e.strerror}") from None
         fsync_dirs(moved, enabled=self.fsync)
         self._log(MailboxLogType.RENAME, mailboxlog.name_hash(new))
-
-    def mailbox_log(self) -> list[MailboxLogRecord]:
-        return mailboxlog.read_log(os.path.join(self.layout.index_root, mailboxlog.FILENAME))
-
-    # -- subscriptions -----------------------------------------------------------------
-    def _subs_path(self) -> str:
-        return os.path.join(self.root, "subscriptions")
-
-    def subscriptions(self) -> list[str]:
-        out: list[str] = []
-        for levels in subscriptions.read_subscriptions(self._subs_path(), v1_separator="/"):
-            try:
-                name = normalize_mailbox_name(HIERARCHY_SEP.join(self.layout.decode_level(x) for x in levels))
-            except InvalidNameError as e:
-                log.warning("Ignoring subscription %r in %s: %s", levels, self._subs_path(), e.message)
-                continue
-            if name not in out:
-                out.append(name)
-        return out
-
-    def set_subscribed(self, name: str, subscribed: bool) -> None:
-        name = self.layout.validate(name)
-        levels = self.layout.storage_levels(name)
-        current = subscriptions.read_subscriptions(self._subs_path(), v1_separator="/")
-        has = levels in current
-        if subscribed and not has:
-            subscriptions.write_subscriptions(self._subs_path(), [*current, levels])
-        elif not subscribed and has:
-            subscriptions.write_subscriptions(self._subs_path(), [x for x in current if x != levels])
-        self.own(self._subs_path())
-        kind = MailboxLogType.SUBSCRIBE if subscribed else MailboxLogType.UNSUBSCRIBE
-        self._log(kind, mailboxlog.name_hash(name))
 
     # -- mailboxes ---------------------------------------------------------------------
     def open_mailbox(self, name: str) -> SdboxMailbox:
