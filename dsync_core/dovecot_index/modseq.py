@@ -14,28 +14,24 @@ from __future__ import annotations
 import os
 import struct
 
-LOG_SUFFIX = ".log"
+from .logfile import (
+    EXTERNAL,
+    INTERNAL_FLAGS,
+    LOG_SUFFIX,
+    T_APPEND,
+    T_ATTRIBUTE_UPDATE,
+    T_BOUNDARY,
+    T_EXPUNGE,
+    T_EXPUNGE_GUID,
+    T_FLAG_UPDATE,
+    T_KEYWORD_RESET,
+    T_KEYWORD_UPDATE,
+    T_MODSEQ_UPDATE,
+    TYPE_MASK,
+    decode_size,
+)
 
-T_EXPUNGE = 0x0000CD91  # 0x1 with the protection bits 0xcd90
-T_EXPUNGE_GUID = 0x0000ED90  # 0x2000 with the protection bits
-T_APPEND = 0x00000002
-T_FLAG_UPDATE = 0x00000004
-T_KEYWORD_UPDATE = 0x00000400
-T_KEYWORD_RESET = 0x00000800
-T_MODSEQ_UPDATE = 0x00008000
-T_BOUNDARY = 0x00080000
-T_ATTRIBUTE_UPDATE = 0x00100000
-TYPE_MASK = 0x0FFFFFFF
-EXTERNAL = 0x10000000
-_INTERNAL_FLAGS = 0x40 | 0x80  # backend-private and dirty bits: not a user-visible change
 MAX_LOG_BYTES = 256 * 1024 * 1024
-
-
-def _decode_size(b: bytes) -> int | None:
-    if any(x & 0x80 == 0 for x in b):
-        return None
-    v = ((b[0] & 0x7F) << 21) | ((b[1] & 0x7F) << 14) | ((b[2] & 0x7F) << 7) | (b[3] & 0x7F)
-    return v * 4
 
 
 def log_highest_modseq(path: str) -> int | None:
@@ -55,7 +51,7 @@ def log_highest_modseq(path: str) -> int | None:
     off = hdr_size
     end = len(data)
     while off + 8 <= end:
-        size = _decode_size(data[off : off + 4])
+        size = decode_size(data[off : off + 4])
         if size is None or size < 8 or off + size > end:
             break  # corrupt or a record still being written: stop before it
         rtype = struct.unpack_from("<I", data, off + 4)[0]
@@ -84,7 +80,7 @@ def log_highest_modseq(path: str) -> int | None:
 def _flag_update_counts(payload: bytes) -> bool:
     for i in range(0, len(payload) - 11, 12):
         _u1, _u2, add, remove, modseq_inc = struct.unpack_from("<IIBBB", payload, i)
-        if modseq_inc or (add | remove) & ~_INTERNAL_FLAGS & 0xFF:
+        if modseq_inc or (add | remove) & ~INTERNAL_FLAGS & 0xFF:
             return True
     return False
 
