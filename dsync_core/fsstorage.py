@@ -13,9 +13,10 @@ import contextlib
 import logging
 import os
 import shutil
+from typing import Any
 
 from . import mailboxlog, mutf7, subscriptions
-from .errors import InvalidNameError, StorageError
+from .errors import EX_DATAERR, InvalidNameError, NotFoundError, StorageError
 from .model import MailboxLogRecord, MailboxLogType
 from .storage import HIERARCHY_SEP, Storage, normalize_mailbox_name
 
@@ -44,6 +45,10 @@ class DirectoryLayout:
     def validate(self, name: str) -> str:
         """Normalize a user-visible name; subclasses refuse what their layout cannot store."""
         return normalize_mailbox_name(name)
+
+    def existing(self) -> dict[str, bool]:
+        """Names found on disk -> whether each is a selectable mailbox (else a directory)."""
+        raise NotImplementedError
 
     def encode_level(self, level: str) -> str:
         return level if self.utf8 else mutf7.encode(level)
@@ -107,6 +112,38 @@ class DirectoryStorage(Storage):
         if path in self.layout.roots() or not self._inside(path):
             raise StorageError(f"Refusing to remove {path}")
         shutil.rmtree(path, ignore_errors=True)
+
+    # -- mailboxes ---------------------------------------------------------------------------
+    def _exists(self, name: str) -> bool:
+        """Is there a selectable mailbox by this (validated) name?"""
+        raise NotImplementedError
+
+    def _children(self, name: str) -> list[str]:
+        prefix = name + HIERARCHY_SEP
+        return sorted(n for n in self.layout.existing() if n.startswith(prefix))
+
+    def _mailbox_write_lock(self, box: Any) -> contextlib.AbstractContextManager[Any]:
+        """The lock that keeps other writers (Dovecot) out of a mailbox while it goes away."""
+        return contextlib.nullcontext()
+
+    def _remove_mailbox_files(self, name: str, *, has_children: bool) -> None:
+        raise NotImplementedError
+
+    def _forget_mailbox(self, guid: str) -> None:
+        """Drop what the storage keeps about a deleted mailbox outside its directory."""
+
+    def delete_mailbox(self, name: str) -> None:
+        name = self.layout.validate(name)
+        if name == "INBOX":
+            raise StorageError("INBOX can't be deleted.", exit_code=EX_DATAERR)
+        if not self._exists(name):
+            raise NotFoundError(f"Mailbox doesn't exist: {name}")
+        with self.open_mailbox(name) as box:
+            guid = box.guid
+            with self._mailbox_write_lock(box):
+                self._remove_mailbox_files(name, has_children=bool(self._children(name)))
+        self._forget_mailbox(guid)
+        self._log(MailboxLogType.DELETE_MAILBOX, guid)
 
     # -- Dovecot's mailbox log ------------------------------------------------------------
     def _mailbox_log_path(self) -> str:

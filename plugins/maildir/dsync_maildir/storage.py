@@ -194,22 +194,11 @@ class MaildirStorage(DirectoryStorage):
         finally:
             box.close()
 
-    def _children(self, name: str) -> list[str]:
-        prefix = name + HIERARCHY_SEP
-        return sorted(n for n in self.layout.existing() if n.startswith(prefix))
+    def _mailbox_write_lock(self, box: MaildirMailbox) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return box.locked()
 
-    def delete_mailbox(self, name: str) -> None:
-        name = self.layout.validate(name)
-        if name == "INBOX":
-            raise StorageError("INBOX can't be deleted.", exit_code=EX_DATAERR)
-        if not self._exists(name):
-            raise NotFoundError(f"Mailbox doesn't exist: {name}")
-        with self.open_mailbox(name) as box:
-            guid = box.guid
-            with box.locked():
-                self._remove_mailbox_files(name, has_children=bool(self._children(name)))
+    def _forget_mailbox(self, guid: str) -> None:
         self.changelog.forget_mailbox(guid)
-        self._log(MailboxLogType.DELETE_MAILBOX, guid)
 
     def _remove_mailbox_files(self, name: str, *, has_children: bool) -> None:
         dirs = dict.fromkeys([self.layout.mail_dir(name), self.layout.control_dir(name), self.layout.index_dir(name)])

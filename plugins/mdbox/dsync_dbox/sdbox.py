@@ -176,22 +176,9 @@ class SdboxStorage(DirectoryStorage):
         di.create_log(index_dir, tx, fsync=self.fsync, chown=self.own)
         fsync_dirs([os.path.dirname(mail_dir), index_dir], enabled=self.fsync)
 
-    def _children(self, name: str) -> list[str]:
-        prefix = name + HIERARCHY_SEP
-        return sorted(n for n in self.layout.existing() if n.startswith(prefix))
-
-    def delete_mailbox(self, name: str) -> None:
-        name = self.layout.validate(name)
-        if name == "INBOX":
-            raise StorageError("INBOX can't be deleted.", exit_code=EX_DATAERR)
-        if not self._exists(name):
-            raise NotFoundError(f"Mailbox doesn't exist: {name}")
-        with self.open_mailbox(name) as box:
-            guid = box.guid
-            # Hold Dovecot's index lock so that no writer appends while the files go.
-            with di.LogLock(box.log_path, LOCK_TIMEOUT):
-                self._remove_mailbox_files(name, has_children=bool(self._children(name)))
-        self._log(MailboxLogType.DELETE_MAILBOX, guid)
+    def _mailbox_write_lock(self, box: SdboxMailbox) -> di.LogLock:  # type: ignore[override]
+        # Dovecot's index lock: no writer appends while the files go.
+        return di.LogLock(box.log_path, LOCK_TIMEOUT)
 
     def _remove_mailbox_files(self, name: str, *, has_children: bool) -> None:
         lay = self.layout
