@@ -199,15 +199,19 @@ def parse_config_text(text: str, *, path: str = "<string>", _depth: int = 0) -> 
     return values
 
 
-def load_config_file(path: str, *, _depth: int = 0) -> dict[str, str]:
+def read_text_file(path: str, what: str) -> str:
+    """A whole UTF-8 text file (configs, user lists); failures are one-line ConfigErrors."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except OSError as e:
-        raise ConfigError(f"Cannot read config file {path}: {e.strerror}") from None
+        raise ConfigError(f"Cannot read {what} {path}: {e.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"Config file {path} is not UTF-8 text") from None
-    return parse_config_text(text, path=path, _depth=_depth)
+        raise ConfigError(f"{what[:1].upper()}{what[1:]} {path} is not UTF-8 text") from None
+
+
+def load_config_file(path: str, *, _depth: int = 0) -> dict[str, str]:
+    return parse_config_text(read_text_file(path, "config file"), path=path, _depth=_depth)
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:

@@ -41,7 +41,7 @@ from ..location import Location, expand_vars, parse_location, user_variables
 from ..model import SyncAlgorithm, SyncMode, SyncReport, SyncRequest, UserInfo
 from ..plugin.manager import get_plugin_manager
 from ..progress import ProgressPrinter
-from ..settings import Settings, parse_interval
+from ..settings import Settings, parse_interval, read_text_file
 from ..storage import Storage
 from ..userdb import iter_users, wildcard_match
 from .context import CliContext
@@ -420,16 +420,7 @@ def _engine() -> Any:
 
 
 def _read_user_file(path: str) -> list[str]:
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-    except OSError as e:
-        raise ConfigError(f"Cannot read user list {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"User list {path} is not UTF-8 text") from None
+    text = sys.stdin.read() if path == "-" else read_text_file(path, "user list")
     names = []
     for line in text.splitlines():
         name = line.split("\t", 1)[0].strip()
