@@ -68,21 +68,33 @@ class DirectoryStorage(Storage):
     def __init__(self, root: str) -> None:
         super().__init__(root)
         self._owner: tuple[int, int] | None = None
+        # Dovecot gives new directories the mode of the mail root and files that mode
+        # without x bits; it refuses to rename between directories whose modes differ.
+        self.dir_mode = 0o700
+        self.file_mode = 0o600
 
     def _adopt_owner(self) -> None:
-        """When root works on a user's mail, everything we create goes to that user."""
+        """Take owner and permissions from the mail root (or its nearest existing parent
+        when it is new): when root works on a user's mail, everything goes to that user."""
         probe = self.root
         while not os.path.exists(probe) and os.path.dirname(probe) != probe:
             probe = os.path.dirname(probe)
         st = os.stat(probe)
         if os.geteuid() == 0 and st.st_uid != 0:
             self._owner = (st.st_uid, st.st_gid)
+        if probe == self.root:
+            self.dir_mode = st.st_mode & 0o777 | 0o700
+            self.file_mode = self.dir_mode & 0o666
 
     def own(self, path: str) -> None:
-        """Give a file we created to the owner of the mail root (when running as root)."""
+        """Give a file we created the owner and mode of the mail root's files."""
         if self._owner is not None:
             with contextlib.suppress(OSError):
                 os.lchown(path, *self._owner)
+        if self.file_mode != 0o600:
+            with contextlib.suppress(OSError):
+                if not os.path.islink(path):
+                    os.chmod(path, self.dir_mode if os.path.isdir(path) else self.file_mode)
 
     def _inside(self, path: str) -> bool:
         path = os.path.abspath(path)
@@ -105,6 +117,8 @@ class DirectoryStorage(Storage):
             os.mkdir(path, 0o700)
         except FileExistsError:
             return
+        if self.dir_mode != 0o700:
+            os.chmod(path, self.dir_mode)  # explicitly: mkdir's mode is masked by the umask
         self.own(path)
 
     def _rmtree(self, path: str) -> None:
