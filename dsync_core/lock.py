@@ -18,6 +18,7 @@ from types import TracebackType
 from .errors import LockTimeoutError, StorageError
 
 _POLL = 0.05
+EMPTY_STALE_AFTER = 5.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -54,16 +55,61 @@ class DotLock:
         if host.strip() == socket.gethostname() and pid_s.isdigit():
             if not _pid_alive(int(pid_s)):
                 return True
+        if not content and time.time() - st.st_mtime > EMPTY_STALE_AFTER:
+            # A writer that creates with O_EXCL and then writes (Dovecot's default) was
+            # killed in between: nobody can own an empty lock for seconds.
+            return True
         return time.time() - st.st_mtime > self.stale_after
+
+    def _create(self, content: bytes, tmp: str) -> bool:
+        """Create the lock file with its content in one step; False if it exists.
+
+        The content goes into a private temporary file that is then hard-linked to the
+        lock name, so a crash can never leave an empty lock (whose owner nobody could
+        tell, making every later run wait for the stale timeout). Where hard links are
+        not possible, fall back to ``O_EXCL`` and write.
+        """
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                raise
+        try:
+            # Readable by all: a Dovecot waiting for our lock (as the mail user) watches it with inotify.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        return True
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.timeout
         content = f"{os.getpid()}:{socket.gethostname()}".encode()
-        while True:
+        tmp = f"{self.path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                # Readable by all: a Dovecot waiting for our lock (as the mail user) watches it with inotify.
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
+                os.write(fd, content)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StorageError(f"Cannot create lock file {self.path}: {e.strerror}") from None
+        try:
+            while True:
+                try:
+                    created = self._create(content, tmp)
+                except OSError as e:
+                    raise StorageError(f"Cannot create lock file {self.path}: {e.strerror}") from None
+                if created:
+                    self._held = True
+                    self._last_touch = time.monotonic()
+                    return
                 if self._is_stale():
                     try:
                         os.unlink(self.path)
@@ -73,16 +119,11 @@ class DotLock:
                 if time.monotonic() >= deadline:
                     raise LockTimeoutError(f"Timeout while waiting for lock {self.path}") from None
                 time.sleep(_POLL)
-                continue
-            except OSError as e:
-                raise StorageError(f"Cannot create lock file {self.path}: {e.strerror}") from None
+        finally:
             try:
-                os.write(fd, content)
-            finally:
-                os.close(fd)
-            self._held = True
-            self._last_touch = time.monotonic()
-            return
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
     def touch(self) -> None:
         """Keep a long-held lock from looking stale (Dovecot touches every 10 s)."""
