@@ -313,7 +313,9 @@ def test_interrupted_save_never_forgets_a_kept_guid(open_maildir, tmp_path, monk
     calls = {"n": 0}
 
     def flaky_link(src, dst, *a, **kw):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
+        # Only the links that put message files in place count (locks link too).
+        if os.path.basename(os.path.dirname(str(dst))) in ("new", "cur"):
+            calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # as abrupt as a kill, from Python's point of view
         return real_link(src, dst, *a, **kw)
