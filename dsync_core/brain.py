@@ -39,7 +39,11 @@ Design notes: where and why we decide differently from Dovecot
   unapplied. A UIDVALIDITY mismatch in
   backup mode is fixed by setting the destination's UIDVALIDITY (messages with the same UID
   and GUID stay), not by deleting the mailbox.
-* **-1 (one-way)**: the destination's own messages never move or disappear (Dovecot
+* **-1 (one-way)**: nothing is deleted on the destination: the source's expunges do not
+  reach it (Dovecot's ``-1`` runs the two-way importer there, so they do; "a one-way merge"
+  is what users ask of ``-1``, and the final ``-1`` of a migration must not lose mail that
+  was expunged on the old server after the last backup); the destination's own messages
+  never move or disappear (Dovecot
   renumbers them on UID conflicts, which makes repeated ``-1`` runs renumber forever); the
   source's new mail gets a fresh UID there when its UID is taken.
 * **Order of operations** for crash safety: saves of both sides (copies, renumbered copies,
@@ -55,7 +59,7 @@ from collections.abc import Callable
 
 import attrs
 
-from .model import FlagUpdate, MessageRecord, SyncMode
+from .model import FlagUpdate, MessageRecord, SyncMode, same_guid
 from .replica import ChangeSet, ImportBatch, ImportResult, NewMessage, Replica
 
 
@@ -189,7 +193,7 @@ def last_common_uid(a: View, b: View) -> int:
         gone = other.expunged.get(u)
         if gone is None:
             continue  # undecided: a later common UID makes it "expunged over there"
-        if not gone or not r.guid or gone == r.guid:
+        if not gone or not r.guid or same_guid(gone, r.guid):
             common = u
             continue
         break
@@ -353,7 +357,7 @@ def plan_incremental(
             _merge_flags(plan, ra, rb, u in low_a, u in low_b, mode, policy)
         elif ra is not None:
             gone = exp_b.get(u)
-            if gone is not None and (not gone or gone == ra.guid):
+            if gone is not None and (not gone or same_guid(gone, ra.guid)):
                 if mode is SyncMode.TWOWAY:
                     plan.a.expunge_peer.append(u)
             elif gone is not None:
@@ -362,8 +366,8 @@ def plan_incremental(
                 high_a[u] = ra  # appeared below the common UID meanwhile: treat as new
         elif rb is not None:
             gone = exp_a.get(u)
-            if gone is not None and (not gone or gone == rb.guid):
-                if mode is SyncMode.TWOWAY:
+            if gone is not None and (not gone or same_guid(gone, rb.guid)):
+                if mode is SyncMode.TWOWAY:  # -1 deletes nothing on the destination
                     plan.b.expunge_peer.append(u)
             elif gone is not None:
                 raise NeedFullSync(f"UID {u} was a different message on the other side")

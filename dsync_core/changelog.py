@@ -95,13 +95,17 @@ class MailboxChanges(abc.ABC):
         expunged: Iterable[int] = (),
         stamp: str | None = None,
         min_modseq: int = 0,
+        known_expunges: Iterable[ExpungeRecord] = (),
     ) -> int:
         """Record a batch of changes atomically and return the HIGHESTMODSEQ after it.
 
         Upserted entries (new messages or changed flags) and expunged UIDs get one new
-        modseq; an entry whose content is unchanged keeps its modseq. ``stamp`` is the
-        backend's opaque marker of what it has seen on disk. ``min_modseq`` raises
-        HIGHESTMODSEQ to at least that value.
+        modseq (an upserted entry's own modseq when that is higher); an entry whose content
+        is unchanged keeps its modseq. ``stamp`` is the backend's opaque marker of what it
+        has seen on disk. ``min_modseq`` raises HIGHESTMODSEQ to at least that value.
+        ``known_expunges`` are expunges learnt elsewhere (e.g. Dovecot's own log) of UIDs
+        this log has no entry or expunge record of; they keep their own modseqs (this log
+        never listed those messages, so no reader can have missed their expunge).
         """
 
     @abc.abstractmethod
@@ -309,8 +313,10 @@ class _SqliteMailboxChanges(MailboxChanges):
         expunged: Iterable[int] = (),
         stamp: str | None = None,
         min_modseq: int = 0,
+        known_expunges: Iterable[ExpungeRecord] = (),
     ) -> int:
         upserts = list(upserts)
+        learnt = list(known_expunges)
         expunged = sorted(set(expunged))
         with self.log._tx() as db:
             row = db.execute("SELECT highestmodseq FROM mailbox WHERE guid=?", (self.guid,)).fetchone()
@@ -358,6 +364,15 @@ class _SqliteMailboxChanges(MailboxChanges):
                         )
                         db.execute(f"DELETE FROM msg WHERE mbox=? AND uid IN ({marks})", (self.guid, *chunk))
             top = max(e.modseq for e in upserts) if upserts else 0
+            if learnt:
+                known = {u for (u,) in db.execute("SELECT uid FROM expunge WHERE mbox=?", (self.guid,))}
+                known |= {u for (u,) in db.execute("SELECT uid FROM msg WHERE mbox=?", (self.guid,))}
+                # Their own modseqs: such an expunge is news to nobody who read this log (it
+                # never listed the message), so it need not sort above what readers saw.
+                rows = list({x.uid: (self.guid, x.uid, x.guid, x.modseq) for x in learnt if x.uid not in known}.values())
+                if rows:
+                    top = max(top, *(r[3] for r in rows))
+                    db.executemany("INSERT INTO expunge (mbox, uid, guid, modseq) VALUES (?,?,?,?)", rows)
             result = max(highest, min_modseq, top, new_modseq if changed else 0)
             db.execute(
                 "UPDATE mailbox SET highestmodseq=?, stamp=coalesce(?, stamp) WHERE guid=?",

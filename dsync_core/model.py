@@ -7,6 +7,7 @@ another component is still looking at.
 from __future__ import annotations
 
 import enum
+import hashlib
 from typing import BinaryIO
 
 import attrs
@@ -23,6 +24,27 @@ def normalize_flag(flag: str) -> str:
 
 def is_system_flag(flag: str) -> bool:
     return flag.lower() in _SYSTEM_FLAGS_LOWER
+
+
+def guid128_hex(guid: str) -> str:
+    """A message GUID as Dovecot's 128 bits, in hex (storage-formats §0.1): a 32-hex-digit
+    GUID as it is, any other string as the last 16 bytes of its SHA-1."""
+    if len(guid) == 32:
+        try:
+            return bytes.fromhex(guid).hex()
+        except ValueError:
+            pass
+    return hashlib.sha1(guid.encode("utf-8")).digest()[4:20].hex()
+
+
+def same_guid(g1: str, g2: str) -> bool:
+    """Whether two message GUIDs name the same message; an expunge record taken from
+    Dovecot's log holds only the 128-bit form of a string GUID."""
+    if g1 == g2:
+        return True
+    if not g1 or not g2:
+        return False
+    return guid128_hex(g1) == guid128_hex(g2)
 
 
 def _flagset(value: object) -> frozenset[str]:
@@ -252,6 +274,8 @@ __all__ = [
     "SYSTEM_FLAGS",
     "normalize_flag",
     "is_system_flag",
+    "guid128_hex",
+    "same_guid",
     "MailboxInfo",
     "MailboxStatus",
     "MessageRecord",

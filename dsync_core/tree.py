@@ -16,7 +16,8 @@ then GUID changes. The decisions themselves are Dovecot's:
   (both created it, e.g. INBOX or Trash), they are merged: both end with the larger GUID
   (a ``-1`` destination adopts the source's) and the message sync merges the contents;
   otherwise the name-conflict hook names the one with the lower GUID anew;
-* subscriptions by name: the later SUBSCRIBE/UNSUBSCRIBE record wins, subscribed on a tie.
+* subscriptions by name: the later SUBSCRIBE/UNSUBSCRIBE record wins, subscribed on a tie;
+  a side's subscription moves with a mailbox the plan renames there.
 
 Directories without a mailbox are not synced: they are implicit, names only (the storage
 interface cannot create one; parents appear by themselves when a child is created). A name
@@ -26,7 +27,7 @@ it (the directory's children stay where they are).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -71,6 +72,22 @@ def _sub_times(snap: TreeSnapshot) -> dict[str, int]:
     for rec in snap.log:
         if rec.type in (MailboxLogType.SUBSCRIBE, MailboxLogType.UNSUBSCRIBE):
             out[rec.guid] = max(out.get(rec.guid, 0), rec.timestamp)
+    return out
+
+
+def _moved_names(by_guid: dict[str, MailboxNode], final: dict[str, str]) -> dict[str, str]:
+    """Old name -> new name of this side's mailboxes that the plan renames."""
+    return {n.name: final[g] for g, n in by_guid.items() if g in final and final[g] != n.name}
+
+
+def _after_moves(subs: Iterable[str], moves: dict[str, str]) -> set[str]:
+    return {moves.get(n, n) for n in subs}
+
+
+def _after_moves_times(times: dict[str, int], moves: dict[str, str]) -> dict[str, int]:
+    out = dict(times)
+    for old, new in moves.items():
+        out[name_hash(new)] = times.get(name_hash(old), 0)
     return out
 
 
@@ -258,8 +275,14 @@ def plan_tree(a: TreeSnapshot, b: TreeSnapshot, mode: SyncMode, name_conflict: N
     plan.deleted = sum(1 for ch in (*plan.a, *plan.b) if ch.kind == "delete")
 
     # -- subscriptions ----------------------------------------------------------------------
-    subs_a, subs_b = set(a.subscriptions), set(b.subscriptions)
-    ts_a, ts_b = _sub_times(a), _sub_times(b)
+    # A subscription moves with its renamed mailbox (Dovecot renames the tree node that holds
+    # it), so a side that renames Old to New here takes its "Old" subscription to "New".
+    final_names = {g: n for g, (n, _uv) in target.items()}
+    moves_b = _moved_names(gb, final_names)
+    moves_a = _moved_names(ga, final_names) if mode is SyncMode.TWOWAY else {}
+    subs_a, subs_b = _after_moves(a.subscriptions, moves_a), _after_moves(b.subscriptions, moves_b)
+    ts_a, ts_b = _after_moves_times(_sub_times(a), moves_a), _after_moves_times(_sub_times(b), moves_b)
+    want_a, want_b = set(subs_a), set(subs_b)
     for name in sorted(subs_a ^ subs_b):
         in_a = name in subs_a
         if mode is SyncMode.BACKUP:
@@ -267,11 +290,19 @@ def plan_tree(a: TreeSnapshot, b: TreeSnapshot, mode: SyncMode, name_conflict: N
         else:
             ta, tb = ts_a.get(name_hash(name), 0), ts_b.get(name_hash(name), 0)
             want = in_a if ta > tb else (name in subs_b) if tb > ta else True
-        kind = "subscribe" if want else "unsubscribe"
-        if in_a != want and mode is SyncMode.TWOWAY:
-            plan.a.append(TreeChange(kind, name))
-        if (name in subs_b) != want:
-            plan.b.append(TreeChange(kind, name))
+        for wanted in (want_a, want_b):
+            if want:
+                wanted.add(name)
+            else:
+                wanted.discard(name)
+    for changes, have, wanted, applies in (
+        (plan.a, set(a.subscriptions), want_a, mode is SyncMode.TWOWAY),
+        (plan.b, set(b.subscriptions), want_b, True),
+    ):
+        if not applies:
+            continue
+        for name in sorted(have ^ wanted):
+            changes.append(TreeChange("subscribe" if name in wanted else "unsubscribe", name))
     return plan
 
 

@@ -72,6 +72,28 @@ def test_expunge_keeps_guid(log) -> None:  # type: ignore[no-untyped-def]
     assert mb.commit(expunged=[99]) == 2, "expunging nothing is no change"
 
 
+def test_known_expunges_are_added_once_with_their_modseq(log) -> None:  # type: ignore[no-untyped-def]
+    mb = log.mailbox(G)
+    mb.commit(upserts=[e(1), e(2)])
+    mb.commit(expunged=[2])
+    # UID 2 is already known (our own expunge), UID 1 is listed: only UID 5 is news.
+    learnt = [ExpungeRecord(5, "", 7), ExpungeRecord(2, "x", 9), ExpungeRecord(1, "y", 9)]
+    assert mb.commit(known_expunges=learnt, min_modseq=7) == 7
+    assert mb.expunges(0) == [ExpungeRecord(2, "guid2", 2), ExpungeRecord(5, "", 7)]
+    assert mb.commit(known_expunges=learnt) == 7, "already known: no change"
+    assert len(mb.expunges(0)) == 2
+
+
+def test_entry_modseq_above_the_next_is_kept(log) -> None:  # type: ignore[no-untyped-def]
+    mb = log.mailbox(G)
+    mb.commit(upserts=[e(1), e(2)])
+    # A backend that knows better per-message modseqs (Dovecot's) passes them; never lower
+    # than the commit's own modseq, so entries(since) still finds every change.
+    assert mb.commit(upserts=[e(1, flags=SEEN, modseq=9), e(2, flags=SEEN, modseq=1)]) == 9
+    assert [(x.uid, x.modseq) for x in mb.entries()] == [(1, 9), (2, 2)]
+    assert [x.uid for x in mb.entries(1)] == [1, 2]
+
+
 def test_meta_counts_and_stamp(log) -> None:  # type: ignore[no-untyped-def]
     mb = log.mailbox(G)
     mb.commit(upserts=[e(1, flags=SEEN), e(2), e(3, flags=frozenset({"\\Flagged"}))], stamp="scan-1")

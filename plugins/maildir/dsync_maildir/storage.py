@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
+import attrs
+
 from dsync_core import dovecot_index, mailboxlog
 from dsync_core.changelog import ChangeLog, Entry, MailboxChanges
 from dsync_core.durable import fsync_dirs, fsync_enabled, sync_files
@@ -25,6 +27,7 @@ from dsync_core.errors import (
     EX_DATAERR,
     ConfigError,
     CorruptError,
+    DsyncError,
     ExistsError,
     InvalidNameError,
     NotFoundError,
@@ -330,6 +333,7 @@ class MaildirMailbox(Mailbox):
         self._guid = ""
         self.header_uidvalidity = 0
         self.changes: MailboxChanges | None = None
+        self._dovecot_state: dovecot_index.IndexState | None = None  # refreshed, not re-read
         self.dovecot = DovecotIndexSync(lay.index_dir(name), name, fsync=storage.fsync, chown=storage.own)
         # Dovecot creates missing cur/new/tmp of an existing mailbox directory.
         for sub in MAILDIR_SUBDIRS:
@@ -512,6 +516,7 @@ class MaildirMailbox(Mailbox):
                 upserts.append(Entry(rec.uid, guid, flags, kws, 0, internaldate, size, vsize, extra))
             expunged = [uid for uid in old if uid not in present]
             uidnext = ul.effective_next_uid
+            upserts, learnt = self._dovecot_history(ul.uidvalidity, uidnext, upserts, present | set(old))
             disk_now, racy_now = self._disk_stamp()
             # cur/ and new/ as seen before listing; the uidlist/keywords as we left them.
             final = " ".join(disk.split(" ")[:2] + disk_now.split(" ")[2:])
@@ -521,8 +526,50 @@ class MaildirMailbox(Mailbox):
             # tools report the same value for a mailbox Dovecot has used (and ours stays above).
             # An empty mailbox Dovecot never saw still has HIGHESTMODSEQ 1 there (a new log's start).
             dovecot_modseq = dovecot_index.highest_modseq(self.storage.layout.index_dir(self.name)) or 1
-            self.changes.commit(upserts=upserts, expunged=expunged, stamp=stamp, min_modseq=dovecot_modseq)
+            self.changes.commit(upserts=upserts, expunged=expunged, stamp=stamp, min_modseq=dovecot_modseq,
+                                known_expunges=learnt)
             return ul.uidvalidity, uidnext
+
+    def _dovecot_history(
+        self, uidvalidity: int, uidnext: int, upserts: list[Entry], known: set[int]
+    ) -> tuple[list[Entry], list[ExpungeRecord]]:
+        """What Dovecot's own index knows of the changes a rescan found.
+
+        A changed message whose flags and keywords in Dovecot's index are what the disk
+        has takes Dovecot's per-message modseq (the change log raises it above every modseq
+        it handed out before), so "changed later" compares the way Dovecot would instead
+        of one modseq for the whole rescan. Expunges Dovecot's log remembers of UIDs our log
+        never saw are returned as expunge records (GUID in its 128-bit hex form, empty when
+        Dovecot did not record it, as for Maildir), so a peer
+        can prove them even before our first look at the mailbox.
+        """
+        index_dir = self.storage.layout.index_dir(self.name)
+        if not os.path.exists(os.path.join(index_dir, dovecot_index.INDEX_PREFIX + dovecot_index.LOG_SUFFIX)):
+            return upserts, []
+        try:
+            state = self._dovecot_state.refresh() if self._dovecot_state is not None else None
+            if state is None:
+                state = dovecot_index.IndexState.load(index_dir)
+        except (DsyncError, OSError) as e:
+            log.debug("Mailbox %s: Dovecot's index not read (%s)", self.name, e)
+            self._dovecot_state = None
+            return upserts, []
+        self._dovecot_state = state
+        if not state.exists or state.uid_validity != uidvalidity:
+            return upserts, []
+        out: list[Entry] = []
+        for e in upserts:
+            m = state.messages.get(e.uid)
+            if (m is not None and m.modseq > 0 and dovecot_index.bits_to_flags(m.flags) == e.flags
+                    and frozenset(m.keywords) == e.keywords):
+                e = attrs.evolve(e, modseq=m.modseq)
+            out.append(e)
+        learnt = [
+            ExpungeRecord(x.uid, x.guid.hex() if any(x.guid) else "", x.modseq)  # zeros: GUID unknown
+            for x in state.expunges
+            if x.uid not in known and x.uid < uidnext
+        ]
+        return out, learnt
 
     def _update_stamp_values(self, uidvalidity: int, uidnext: int) -> None:
         """After our own uidlist change: keep the cached UIDNEXT right, force a rescan."""
