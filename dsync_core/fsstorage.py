@@ -13,14 +13,19 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from typing import Any
 
 from . import mailboxlog, mutf7, subscriptions
+from .durable import fsync_dirs
 from .errors import EX_DATAERR, InvalidNameError, NotFoundError, StorageError
 from .model import MailboxLogRecord, MailboxLogType
 from .storage import HIERARCHY_SEP, Storage, normalize_mailbox_name
 
 log = logging.getLogger("dsync.storage")
+
+#: Dovecot's name for a directory on its way out in a directory-per-mailbox layout.
+DIRECTORY_TRASH = "..DOVECOT-TrasH"
 
 
 class DirectoryLayout:
@@ -28,6 +33,11 @@ class DirectoryLayout:
 
     #: The separator a version-1 ``subscriptions`` file uses between levels.
     v1_separator = "/"
+    def trash_dir(self, root: str) -> str:
+        """Where a mailbox's directory goes on its way out of ``root`` (same file system, so
+        one rename moves it): a name that neither Dovecot's lister nor ours takes for a
+        mailbox."""
+        return os.path.join(root, DIRECTORY_TRASH)
 
     def __init__(self, root: str, *, index: str | None = None, utf8: bool = False) -> None:
         self.root = os.path.abspath(root)
@@ -72,6 +82,7 @@ class DirectoryStorage(Storage):
         # without x bits; it refuses to rename between directories whose modes differ.
         self.dir_mode = 0o700
         self.file_mode = 0o600
+        self.fsync = True  # backends set it from their settings (mail_fsync)
 
     def _adopt_owner(self) -> None:
         """Take owner and permissions from the mail root (or its nearest existing parent
@@ -126,6 +137,62 @@ class DirectoryStorage(Storage):
         if path in self.layout.roots() or not self._inside(path):
             raise StorageError(f"Refusing to remove {path}")
         shutil.rmtree(path, ignore_errors=True)
+
+    def _trash_for(self, path: str) -> str:
+        """A fresh trash directory in the root that holds ``path`` (same file system, so
+        that moving into it is one atomic rename). A leftover of a killed run goes first."""
+        path = os.path.abspath(path)
+        root = max((r for r in self.layout.roots() if path.startswith(r.rstrip("/") + "/")), key=len, default=None)
+        if root is None:
+            raise StorageError(f"Refusing to remove {path}")
+        trash = self.layout.trash_dir(root)
+        if os.path.lexists(trash):
+            shutil.rmtree(trash, ignore_errors=True)
+        self.makedirs(os.path.dirname(trash))
+        return trash
+
+    def clear_trash(self) -> None:
+        """Finish a removal that a killed run left half-done (cheap: one lstat per root)."""
+        for root in self.layout.roots():
+            trash = self.layout.trash_dir(root)
+            if os.path.lexists(trash):
+                shutil.rmtree(trash, ignore_errors=True)
+
+    def _remove_entries(self, directory: str, names: Iterable[str]) -> None:
+        """Remove the entries ``names`` of ``directory`` as if at once: each is renamed into
+        a trash directory (in the given order, so the first one decides when the mailbox
+        stops existing), the renames are made durable, then the trash is removed. A run
+        killed half-way leaves a complete mailbox or none, never one with half its files
+        (which would read as a mailbox whose messages were expunged)."""
+        moves = [(os.path.join(directory, n), n) for n in names if os.path.lexists(os.path.join(directory, n))]
+        if not moves:
+            return
+        trash = self._trash_for(directory if os.path.abspath(directory) not in self.layout.roots()
+                                else os.path.join(directory, moves[0][1]))
+        try:
+            os.mkdir(trash, 0o700)
+            self.own(trash)
+            for src, n in moves:
+                os.rename(src, os.path.join(trash, n))
+        except OSError as e:
+            raise StorageError(f"Cannot remove {directory}: {e.strerror}") from None
+        fsync_dirs([directory, os.path.dirname(trash)], enabled=self.fsync)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _remove_dir(self, path: str) -> None:
+        """Remove a directory tree atomically: one rename into the trash, then the rest."""
+        path = os.path.abspath(path)
+        if path in self.layout.roots() or not self._inside(path):
+            raise StorageError(f"Refusing to remove {path}")
+        if not os.path.lexists(path):
+            return
+        trash = self._trash_for(path)
+        try:
+            os.rename(path, trash)
+        except OSError as e:
+            raise StorageError(f"Cannot remove {path}: {e.strerror}") from None
+        fsync_dirs([os.path.dirname(path), os.path.dirname(trash)], enabled=self.fsync)
+        shutil.rmtree(trash, ignore_errors=True)
 
     # -- mailboxes ---------------------------------------------------------------------------
     def _exists(self, name: str) -> bool:

@@ -374,6 +374,8 @@ def sync(
             b.purge()
     report.seconds = time.monotonic() - started
     pm.hook.dsync_sync_finished(request=req, report=report)
+    if req.notify:
+        pm.hook.dsync_notify(request=req, report=report)
     return report
 
 

@@ -551,6 +551,32 @@ def test_hooks_and_progress(sides) -> None:  # type: ignore[no-untyped-def]
     assert [e.kind for e in events][0] == "run_start" and events[-1].kind == "run_done"
 
 
+def test_notify_hook_fires_only_with_notify(sides) -> None:  # type: ignore[no-untyped-def]
+    from dsync_core import hookimpl
+    from dsync_core.plugin.manager import get_plugin_manager
+
+    seen: list[int] = []
+
+    class P:
+        @hookimpl
+        def dsync_notify(self, request, report):  # type: ignore[no-untyped-def]
+            assert request.notify
+            seen.append(report.messages_copied)
+
+    a, b = sides
+    deliver(a, "INBOX")
+    p = P()
+    get_plugin_manager().register(p)
+    try:
+        sync(a, b)
+        assert seen == []
+        deliver(a, "INBOX")
+        sync(a, b, notify=True)
+    finally:
+        get_plugin_manager().unregister(p)
+    assert seen == [1]
+
+
 def test_lock_timeout(sides) -> None:  # type: ignore[no-untyped-def]
     from dsync_core.errors import LockTimeoutError
 

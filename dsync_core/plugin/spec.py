@@ -209,3 +209,15 @@ def dsync_sync_finished(request: Any, report: Any) -> None:
 
     .. versionadded:: 0.1
     """
+
+
+@hookspec
+def dsync_notify(request: Any, report: Any) -> None:
+    """Called after a sync run made with ``-U`` (``SyncRequest.notify``): the replicator's
+    way of hearing that a user is in sync. ``request`` and ``report`` are the run's
+    :class:`~dsync_core.model.SyncRequest` and :class:`~dsync_core.model.SyncReport`
+    (``report.unapplied`` non-empty means the user needs another run). Not called for a
+    run that failed.
+
+    .. versionadded:: 0.1
+    """

@@ -15,7 +15,7 @@ import logging
 import os
 
 from dsync_core.errors import InvalidNameError
-from dsync_core.fsstorage import DirectoryLayout
+from dsync_core.fsstorage import DIRECTORY_TRASH, DirectoryLayout
 from dsync_core.storage import HIERARCHY_SEP, normalize_mailbox_name
 
 log = logging.getLogger("dsync.maildir")
@@ -48,6 +48,13 @@ class Layout(DirectoryLayout):
     @property
     def v1_separator(self) -> str:  # type: ignore[override]
         return self.sep
+
+    def trash_dir(self, root: str) -> str:
+        if root != self.root:
+            return super().trash_dir(root)
+        # Maildir++ lists every ".name" directory as a mailbox (Dovecot's trash there has no
+        # dot); LAYOUT=fs lists every directory but cur, new and tmp (Dovecot's included).
+        return os.path.join(root, "tmp", DIRECTORY_TRASH) if self.fs else os.path.join(root, "DOVECOT-TRASHED")
 
     @property
     def subscriptions_dir(self) -> str:

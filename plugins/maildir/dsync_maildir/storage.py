@@ -116,6 +116,7 @@ class MaildirStorage(DirectoryStorage):
         )
         self.fsync = fsync_enabled(self.settings)
         self._create_root()
+        self.clear_trash()
         if changelog is None:
             from dsync_core.plugin.manager import get_plugin_manager
 
@@ -204,20 +205,17 @@ class MaildirStorage(DirectoryStorage):
         self.changelog.forget_mailbox(guid)
 
     def _remove_mailbox_files(self, name: str, *, has_children: bool) -> None:
+        # The mail directory first: once it (or its cur/) is gone the mailbox is gone, and
+        # each step is one rename, so a killed run never leaves half a mailbox behind.
         dirs = dict.fromkeys([self.layout.mail_dir(name), self.layout.control_dir(name), self.layout.index_dir(name)])
         if not self.layout.fs or not has_children:
             # Maildir++ children are sibling directories: the whole directory can go.
             for d in dirs:
-                self._rmtree(d)
+                self._remove_dir(d)
             return
         for d in dirs:
-            for sub in MAILDIR_SUBDIRS:
-                p = os.path.join(d, sub)
-                if os.path.isdir(p):
-                    self._rmtree(p)
-            for f in (*_CONTROL_FILES, *_INDEX_FILES):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(d, f))
+            # LAYOUT=fs with children: the directory stays; cur/ goes first (it makes a mailbox).
+            self._remove_entries(d, (*MAILDIR_SUBDIRS, *_CONTROL_FILES, *_INDEX_FILES))
 
     def rename_mailbox(self, old: str, new: str) -> None:
         old = self.layout.validate(old)

@@ -179,3 +179,62 @@ def test_first_look_takes_dovecots_per_message_modseqs(doveadm) -> None:  # type
         st.close()
     assert got == theirs
     assert got[2] > got[3] > got[1]
+
+
+@LAYOUTS
+@pytest.mark.parametrize("children", [False, True], ids=["leaf", "with-children"])
+def test_delete_killed_half_way_leaves_no_half_mailbox(doveadm, opts: str, children: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A delete stopped after its rename, while the files are still being removed, leaves
+    no mailbox at all (not one whose messages look expunged), for us and for Dovecot; the
+    next delete clears what was left."""
+    import shutil
+
+    import dsync_core.fsstorage as fsstorage
+
+    root = os.path.join(doveadm.base, "Maildir")
+    loc = f"maildir:{root}{opts}"
+    os.makedirs(root)
+    doveadm.chown(doveadm.base)
+    for box in ("Box", "Other", *(["Box/Child"] if children else [])):
+        doveadm.run(loc, "mailbox", "create", box)
+        for m in MSGS:
+            doveadm.run(loc, "save", "-m", box, input=m)
+    real = shutil.rmtree
+    calls = []
+
+    def killed_rmtree(path, *a, **kw):  # type: ignore[no-untyped-def]
+        calls.append(path)
+        if os.path.basename(str(path)) in ("..DOVECOT-TrasH", "DOVECOT-TRASHED") and os.path.isdir(path):
+            # Half the files gone, then the process dies.
+            for dirpath, _dirs, files in os.walk(path):
+                for f in files[: len(files) // 2]:
+                    os.unlink(os.path.join(dirpath, f))
+            raise KeyboardInterrupt
+        return real(path, *a, **kw)
+
+    st = open_storage(loc, Settings())
+    try:
+        monkeypatch.setattr(fsstorage.shutil, "rmtree", killed_rmtree)
+        with pytest.raises(KeyboardInterrupt):
+            st.delete_mailbox("Box")
+        monkeypatch.setattr(fsstorage.shutil, "rmtree", real)
+    finally:
+        st.close()
+    want = {"INBOX", "Other", *(["Box", "Box/Child"] if children else [])}
+    leftovers = [os.path.join(d, n) for d, dirs, _f in os.walk(root) for n in dirs if "DOVECOT-T" in n.upper()]
+    assert len(leftovers) == 1
+    # Dovecot, reading in that state, sees no mailbox Box (and no warning).
+    assert {r["mailbox"] for r in doveadm.json(loc, "mailbox", "list")} == want
+    for box in want - {"Box"}:
+        got = doveadm.json(loc, "mailbox", "status", "messages", box)
+        assert got == [{"mailbox": box, "messages": "0" if box == "INBOX" else str(len(MSGS))}]
+    fail = doveadm.run(loc, "mailbox", "status", "messages", "Box", check=False, allow_stderr=True)
+    assert fail.returncode != 0 and b"doesn't exist" in fail.stderr
+    # Neither do we; opening the store finishes the removal.
+    st = open_storage(loc, Settings())
+    try:
+        assert not os.path.exists(leftovers[0])
+        assert {i.name for i in st.list_mailboxes()} == want
+        assert {i.name for i in st.list_mailboxes() if i.selectable} == want - {"Box"}
+    finally:
+        st.close()

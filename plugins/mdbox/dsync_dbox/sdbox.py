@@ -129,6 +129,7 @@ class SdboxStorage(DirectoryStorage):
             self.makedirs(self.layout.index_root)
         except OSError as e:
             raise StorageError(f"Cannot create sdbox {self.root}: {e.strerror}") from None
+        self.clear_trash()
 
     # -- filesystem helpers ------------------------------------------------------------
     def _exists(self, name: str) -> bool:
@@ -192,7 +193,7 @@ class SdboxStorage(DirectoryStorage):
                 dirs.append(index_dir)
         for d in dirs:
             if d and os.path.isdir(d):
-                self._rmtree(d)
+                self._remove_dir(d)  # one rename: never a half-deleted mailbox
         if not has_children:
             for root in (lay.root, lay.alt_root):
                 if root:
