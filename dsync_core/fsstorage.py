@@ -10,22 +10,28 @@ directories created and removed only inside the mail roots, Dovecot's
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from . import mailboxlog, mutf7, subscriptions
-from .durable import fsync_dirs
-from .errors import EX_DATAERR, InvalidNameError, NotFoundError, StorageError
+from .durable import fsync_dirs, write_file_atomic
+from .errors import EX_DATAERR, DsyncError, InvalidNameError, NotFoundError, StorageError
 from .model import MailboxLogRecord, MailboxLogType
+from .settings import read_text_file
 from .storage import HIERARCHY_SEP, Storage, normalize_mailbox_name
 
 log = logging.getLogger("dsync.storage")
 
 #: Dovecot's name for a directory on its way out in a directory-per-mailbox layout.
 DIRECTORY_TRASH = "..DOVECOT-TrasH"
+#: Our file of fast-sync marks, in the index root (Dovecot ignores it).
+SYNC_MARKS_FILE = "dsync.sync-marks"
+MAX_MARK_PEERS = 32
 
 
 class DirectoryLayout:
@@ -225,6 +231,39 @@ class DirectoryStorage(Storage):
                 self._remove_mailbox_files(name, has_children=bool(self._children(name)))
         self._forget_mailbox(guid)
         self._log(MailboxLogType.DELETE_MAILBOX, guid)
+
+    # -- sync marks (what the last fast sync with a peer saw) --------------------------------
+    def _marks_path(self) -> str:
+        return os.path.join(self.layout.index_root, SYNC_MARKS_FILE)
+
+    def _read_marks(self) -> dict[str, Any]:
+        if not os.path.exists(self._marks_path()):
+            return {}
+        try:
+            data = json.loads(read_text_file(self._marks_path(), "sync marks") or "{}")
+        except (ValueError, DsyncError) as e:
+            # Only an optimisation: a damaged file means "compare everything" this time.
+            log.warning("Ignoring %s: %s", self._marks_path(), getattr(e, "message", e))
+            return {}
+        peers = data.get("peers") if isinstance(data, dict) else None
+        return peers if isinstance(peers, dict) else {}
+
+    def sync_marks(self, peer: str) -> dict[str, tuple[int, ...]] | None:
+        entry = self._read_marks().get(peer)
+        boxes = entry.get("boxes") if isinstance(entry, dict) else None
+        if not isinstance(boxes, dict):
+            return {}
+        return {g: tuple(v) for g, v in boxes.items()
+                if isinstance(v, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in v)}
+
+    def set_sync_marks(self, peer: str, marks: dict[str, tuple[int, ...]]) -> None:
+        peers = self._read_marks()
+        peers[peer] = {"t": int(time.time()), "boxes": {g: list(v) for g, v in sorted(marks.items())}}
+        # Bounded: the peers synced with most recently.
+        keep = sorted(peers, key=lambda k: peers[k].get("t", 0) if isinstance(peers[k], dict) else 0)[-MAX_MARK_PEERS:]
+        data = json.dumps({"version": 1, "peers": {k: peers[k] for k in keep}}, sort_keys=True).encode()
+        write_file_atomic(self._marks_path(), data, mode=self.file_mode, enabled=self.fsync)
+        self.own(self._marks_path())
 
     # -- Dovecot's mailbox log ------------------------------------------------------------
     def _mailbox_log_path(self) -> str:

@@ -191,6 +191,14 @@ class Replica(abc.ABC):
     def purge(self) -> None:
         """Reclaim space after a run (``-P``)."""
 
+    def sync_marks(self, peer: str) -> dict[str, tuple[int, ...]] | None:
+        """Marks the last run with ``peer`` left on this side (``Storage.sync_marks``);
+        ``None`` when this side keeps none."""
+        return None
+
+    def set_sync_marks(self, peer: str, marks: dict[str, tuple[int, ...]]) -> None:
+        """Replace the marks kept for ``peer``."""
+
     def close(self) -> None:
         """Release what the replica holds."""
 
@@ -321,12 +329,7 @@ class LocalReplica(Replica):
 
     def bodies(self, guid: str, uids: list[int]) -> Iterator[tuple[int, BinaryIO | None]]:
         with self._open(guid) as mb:
-            for uid in uids:
-                try:
-                    body = mb.open_body(uid)
-                except NotFoundError:
-                    body = None
-                yield uid, body
+            yield from mb.open_bodies(uids)
 
     # -- writing -----------------------------------------------------------------------
     def apply_tree(self, changes: Iterable[TreeChange]) -> list[str]:
@@ -462,6 +465,12 @@ class LocalReplica(Replica):
 
     def purge(self) -> None:
         self.storage.purge()
+
+    def sync_marks(self, peer: str) -> dict[str, tuple[int, ...]] | None:
+        return self.storage.sync_marks(peer)
+
+    def set_sync_marks(self, peer: str, marks: dict[str, tuple[int, ...]]) -> None:
+        self.storage.set_sync_marks(peer, marks)
 
     def close(self) -> None:
         pass

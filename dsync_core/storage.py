@@ -131,6 +131,19 @@ class Mailbox(abc.ABC):
     def open_body(self, uid: int) -> BinaryIO:
         """A binary stream of the full message (headers and body); read it in chunks."""
 
+    def open_bodies(self, uids: list[int]) -> Iterator[tuple[int, BinaryIO | None]]:
+        """``(uid, body)`` for these UIDs in this order, ``None`` for a missing message.
+
+        The default opens them one by one; a storage behind a network (imapc) fetches many
+        per request. The caller reads and closes each body before taking the next.
+        """
+        for uid in uids:
+            try:
+                body = self.open_body(uid)
+            except NotFoundError:
+                body = None
+            yield uid, body
+
     @abc.abstractmethod
     def save(self, requests: Iterable[SaveRequest]) -> list[MessageRecord]:
         """Save a batch of messages and return their records, in request order.
@@ -269,6 +282,16 @@ class Storage(abc.ABC):
 
     def purge(self) -> None:
         """Reclaim space of expunged messages where the format needs it (mdbox)."""
+
+    def sync_marks(self, peer: str) -> dict[str, tuple[int, ...]] | None:
+        """What a fast sync with ``peer`` (an opaque key naming the other side and the mode)
+        left behind: mailbox GUID -> both sides' counters at its end. ``None`` when this
+        storage keeps no marks (then a fast sync skips mailboxes whose counters are equal
+        on both sides, Dovecot's rule, which misses one change on each side)."""
+        return None
+
+    def set_sync_marks(self, peer: str, marks: dict[str, tuple[int, ...]]) -> None:
+        """Replace the marks kept for ``peer`` (see :meth:`sync_marks`). Default: keep none."""
 
     def close(self) -> None:
         """Release everything the storage holds."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,12 @@ def _status_equal(a: MailboxStatus, b: MailboxStatus) -> bool:
     )
 
 
+def _mark(sx: MailboxStatus, sy: MailboxStatus) -> tuple[int, ...]:
+    """Both sides' counters: equal to the last run's mark means neither side changed."""
+    return (sx.uidvalidity, sx.uidnext, sx.messages, sx.highestmodseq,
+            sy.uidvalidity, sy.uidnext, sy.messages, sy.highestmodseq)
+
+
 class _Run:
     def __init__(self, x: Replica, y: Replica, request: SyncRequest, swapped: bool,
                  progress: Callable[[ProgressEvent], None] | None) -> None:
@@ -63,6 +70,13 @@ class _Run:
         self.new_entries: dict[str, StateEntry] = {}
         self._dropped: set[str] = set()  # mailboxes whose old state entry must not be kept
         self._touched: set[str] = set()
+        # Fast-sync marks kept on y for this (x, mode): None when y keeps none.
+        self._mark_key = hashlib.sha1(
+            f"{request.mode.value}\0{x.info().hostname}\0{x.info().location}".encode()
+        ).hexdigest()
+        self._marks: dict[str, tuple[int, ...]] | None = None
+        self._new_marks: dict[str, tuple[int, ...]] = {}
+        self._looked_at: set[str] = set()
 
     # -- state, seen from x/y ---------------------------------------------------------------
     def _xy(self, e: StateEntry) -> StateEntry:
@@ -155,6 +169,8 @@ class _Run:
         rep.mailboxes_created = tplan.created
         rep.mailboxes_deleted = tplan.deleted
         rep.mailboxes_renamed = tplan.renamed
+        if not req.dry_run:
+            self._marks = self.y.sync_marks(self._mark_key)
         if req.mailbox == "" or req.mailbox_guid == "":
             return self._finish(tx, ty)
         bx, by = tx.by_guid(), ty.by_guid()
@@ -162,6 +178,7 @@ class _Run:
         self.progress(ProgressEvent("run_start", mailboxes_total=len(pairs)))
         for i, g in enumerate(pairs):
             name = bx[g].name
+            self._looked_at.add(g)
             self.progress(ProgressEvent("mailbox_start", mailbox=name, mailboxes_done=i, mailboxes_total=len(pairs)))
             try:
                 self._sync_mailbox(g, bx[g], by[g])
@@ -180,7 +197,20 @@ class _Run:
                 self._keep(e)
         if self.req.algorithm is SyncAlgorithm.STATEFUL or self.req.state is not None:
             self.report.state = encode_state(self.new_entries.values())
+        if self._marks is not None:
+            # Mailboxes this run did not look at (-m, -x) keep their marks.
+            marks = {g: m for g, m in self._marks.items() if g not in self._looked_at and g in bx and g in by}
+            marks.update(self._new_marks)
+            self.y.set_sync_marks(self._mark_key, marks)
         return self.report
+
+    def _unchanged(self, g: str, sx: MailboxStatus, sy: MailboxStatus) -> bool:
+        """Fast sync: may this mailbox be skipped? With marks: neither side changed since the
+        last run with this peer. Without (Dovecot's rule): equal counters on both sides,
+        blind to one change on each side."""
+        if self._marks is None:
+            return _status_equal(sx, sy)
+        return self._marks.get(g) == _mark(sx, sy)
 
     def _sync_mailbox(self, g: str, nx: MailboxNode, ny: MailboxNode) -> None:
         rep, req, mode = self.report, self.req, self.mode
@@ -213,6 +243,8 @@ class _Run:
             ):
                 rep.mailboxes_skipped += 1
                 self._keep(entry)
+                if self._marks is not None and self._marks.get(g) == _mark(sx, sy):
+                    self._new_marks[g] = _mark(sx, sy)
                 return
             if sx.highestmodseq < entry.modseq_a or sy.highestmodseq < entry.modseq_b or min(
                 sx.uidnext, sy.uidnext
@@ -220,8 +252,9 @@ class _Run:
                 entry = None  # stale: the mailbox went backwards; compare it fully
         # Equal counters mean "unchanged" only to a fast sync; a stateful run without a usable
         # entry for this mailbox compares it fully (one change on each side can leave them equal).
-        if algo is SyncAlgorithm.FAST and entry is None and g not in self._touched and _status_equal(sx, sy):
+        if algo is SyncAlgorithm.FAST and entry is None and g not in self._touched and self._unchanged(g, sx, sy):
             rep.mailboxes_skipped += 1
+            self._new_marks[g] = _mark(sx, sy)
             self._keep(StateEntry(g, sx.uidvalidity, sx.uidnext - 1, sx.highestmodseq, sy.highestmodseq, sx.messages))
             return
         policy = Policy(
@@ -250,6 +283,8 @@ class _Run:
         rep.flags_changed += res.flags_changed
         rep.expunged += res.expunged
         rep.unapplied.extend(res.errors)
+        if not (res.errors or plan.notes) and res.status_a is not None and res.status_b is not None:
+            self._new_marks[g] = _mark(res.status_a, res.status_b)
         if res.errors or plan.notes or mode is SyncMode.ONEWAY:
             # No state entry: the next run compares this mailbox fully. A -1 run leaves the
             # destination's own messages and flag changes unsynced, so an entry (which says
@@ -273,7 +308,8 @@ class _Run:
             errs = self.x.apply_tree([TreeChange("set_uidvalidity", nx.name, uidvalidity=sy.uidvalidity)])
         else:
             errs = []
-        self.report.conflicts += 1
+        if sx.messages and sy.messages:  # an empty side (a new INBOX) just adopts the other's
+            self.report.conflicts += 1
         self.report.unapplied.extend(errs)
 
     def _plan(self, g: str, nx: MailboxNode, ny: MailboxNode, entry: StateEntry | None, policy: Policy) -> MailboxPlan | None:
