@@ -31,6 +31,11 @@ Design notes: where and why we decide differently from Dovecot
   master only and misses changes made on the slave). A message changed on one side at a
   UID at or below the common UID that the other side neither has nor expunged is treated as
   new mail (safe) rather than forcing a full resync.
+* **Fast sync** skips a mailbox only when neither side changed since the last run with the
+  same peer and mode: the destination keeps "marks" (both sides' UIDVALIDITY, UIDNEXT,
+  message count and HIGHESTMODSEQ at the end of that run; ``Storage.sync_marks``). Dovecot
+  compares the two sides' counters with each other, which one change on each side can
+  leave equal; a storage without marks gets that rule.
 * **Backup rebuild** (§4.8): where Dovecot deletes the destination mailbox and fails the
   run so that the next run re-creates it, we delete and re-create it (same GUID, the
   source's UIDVALIDITY) and fill it in the same run. INBOX cannot be deleted: it is reset
