@@ -631,6 +631,26 @@ class SdboxMailbox(Mailbox):
         self._commit(build)
         return self.status()
 
+    def reset(self, uidvalidity: int) -> MailboxStatus:
+        """Empty the mailbox and restart its UIDs at 1 under ``uidvalidity`` (same GUID).
+
+        A transaction log cannot lower the next UID, so the mailbox's directories (files
+        and index together, by default one directory) go in one rename and a new index is
+        started; its HIGHESTMODSEQ is raised above the old one. Killed half-way, the mailbox
+        is either as it was or empty with a fresh index."""
+        if not 0 < uidvalidity < 2**32:
+            raise UsageError(f"Invalid UIDVALIDITY {uidvalidity}: must be 1..4294967295")
+        guid, highest = self.guid, self.index().highest_modseq
+        st = self.storage
+        with di.LogLock(self.log_path, LOCK_TIMEOUT):
+            for d in dict.fromkeys([self.dir, self.alt, self.index_dir]):
+                if d and os.path.isdir(d):
+                    st._remove_dir(d)
+        st._create_index(self.name, guid=guid, uidvalidity=uidvalidity)
+        self._state = None
+        self._files.clear()
+        return self.update_status(min_highestmodseq=highest + 1)
+
     def close(self) -> None:
         self._state = None
         self._files.clear()

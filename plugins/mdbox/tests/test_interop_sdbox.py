@@ -263,3 +263,44 @@ def test_dovecot_rotated_log_and_main_index(doveadm) -> None:  # type: ignore[no
     assert ("INBOX", "2") not in {(m, u) for m, u, _, _ in fetched}
     force_resync(doveadm, loc)
     compare(doveadm, loc)
+
+
+def test_backup_rebuilds_an_sdbox_inbox_dovecot_reads_it(doveadm) -> None:  # type: ignore[no-untyped-def]
+    """A backup whose destination INBOX used UIDs the source has for other mail: INBOX can't
+    be deleted, so it is reset (emptied, UIDs from 1 under the source's UIDVALIDITY, same
+    GUID, HIGHESTMODSEQ higher) and filled; Dovecot reads the result without a warning."""
+    src, dst = os.path.join(doveadm.base, "Maildir"), os.path.join(doveadm.base, "sdbox")
+    os.makedirs(src)
+    doveadm.chown(doveadm.base)
+    ls, ld = f"maildir:{src}", f"sdbox:{dst}"
+    for m in MSGS[:2]:
+        doveadm.run(ls, "save", "-m", "INBOX", input=m)
+    env = dict(os.environ, HOME=doveadm.base)
+
+    def backup() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "dsync_core", "-o", f"mail_location={ls}", "backup", ld],
+                              capture_output=True, timeout=120, env=env)
+
+    assert backup().returncode == 0
+    doveadm.chown(doveadm.base)
+    # The destination gets mail of its own at UID 3, the source other mail at UID 3.
+    doveadm.run(ld, "save", "-m", "INBOX", input=b"Subject: only on the copy\n\nx\n")
+    doveadm.run(ls, "save", "-m", "INBOX", input=MSGS[2])
+    doveadm.run(ls, "expunge", "mailbox", "INBOX", "uid", "1")  # and a gap below it
+    old_modseq = int(doveadm.json(ld, "mailbox", "status", "highestmodseq", "INBOX")[0]["highestmodseq"])
+    old_guid = doveadm.json(ld, "mailbox", "status", "guid", "INBOX")[0]["guid"]
+    proc = backup()
+    assert proc.returncode == 0, proc.stderr.decode()
+    doveadm.chown(doveadm.base)
+    theirs_fetch, theirs_status = compare(doveadm, ld)
+    want = [(m, u, g, f) for m, u, g, f in _norm_fetch(doveadm.json(ls, "fetch", "mailbox uid guid flags", "all"))]
+    assert theirs_fetch == want
+    (inbox,) = [r for r in theirs_status if r["mailbox"] == "INBOX"]
+    src_status = doveadm.json(ls, "mailbox", "status", "uidvalidity uidnext", "INBOX")[0]
+    assert inbox["uidvalidity"] == src_status["uidvalidity"] and inbox["guid"] == old_guid
+    assert int(inbox["highestmodseq"]) > old_modseq
+    # Dovecot goes on using it: save, flag, expunge, without a warning; and we read that.
+    doveadm.run(ld, "save", "-m", "INBOX", input=b"Subject: later\n\ny\n")
+    doveadm.run(ld, "flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "2")
+    doveadm.run(ld, "expunge", "mailbox", "INBOX", "uid", "3")
+    compare(doveadm, ld)
