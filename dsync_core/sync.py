@@ -169,7 +169,9 @@ class _Run:
         rep.mailboxes_created = tplan.created
         rep.mailboxes_deleted = tplan.deleted
         rep.mailboxes_renamed = tplan.renamed
-        if not req.dry_run:
+        if not req.dry_run and req.algorithm is SyncAlgorithm.FAST:
+            # Only fast runs use them (and keep them up to date: counters only grow, so a
+            # mark a full or stateful run left behind can only cause a full comparison).
             self._marks = self.y.sync_marks(self._mark_key)
         if req.mailbox == "" or req.mailbox_guid == "":
             return self._finish(tx, ty)
@@ -201,7 +203,8 @@ class _Run:
             # Mailboxes this run did not look at (-m, -x) keep their marks.
             marks = {g: m for g, m in self._marks.items() if g not in self._looked_at and g in bx and g in by}
             marks.update(self._new_marks)
-            self.y.set_sync_marks(self._mark_key, marks)
+            if marks != self._marks:  # a run that changed nothing costs no write (nor round trip)
+                self.y.set_sync_marks(self._mark_key, marks)
         return self.report
 
     def _unchanged(self, g: str, sx: MailboxStatus, sy: MailboxStatus) -> bool:

@@ -14,6 +14,7 @@ import sys
 import time
 import types
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -284,7 +285,21 @@ def test_same_location_refused(engine: FakeEngine, run, src: str) -> None:  # ty
     assert "Error: Both source and destination mail_location point to the same directory" in err
 
 
-def test_no_transport_plugin(engine: FakeEngine, run, src: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def no_transports() -> Iterator[None]:
+    """The run as it is without dsync-transports installed."""
+    from dsync_core.plugin.manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    plugin = pm.unregister(name="transports") if pm.has_plugin("transports") else None
+    try:
+        yield
+    finally:
+        if plugin is not None:
+            pm.register(plugin, name="transports")
+
+
+def test_no_transport_plugin(engine: FakeEngine, run, src: str, no_transports: None) -> None:  # type: ignore[no-untyped-def]
     for dest in (["remote:backup.example.org"], ["tcp:127.0.0.1:12345"], ["jane@127.0.0.1"],
                  ["ssh", "127.0.0.1", "doveadm", "dsync-server"]):
         code, out, err = run("-o", f"mail_location={src}", "sync", *dest)
@@ -320,7 +335,7 @@ class _Transport:
     @hookimpl
     def dsync_transport_open(self, destination, settings, user):  # type: ignore[no-untyped-def]
         self.seen.append((destination, settings, user))
-        return self.peer if destination.startswith("remote:") else None
+        return self.peer
 
 
 def _with_transport(peer, run, *argv: str):  # type: ignore[no-untyped-def]
@@ -348,6 +363,20 @@ def test_transport_hook_gets_destination_and_remote_options(engine: FakeEngine, 
     assert settings["dsync_io_timeout"] == "90" and settings["dsync_rawlog"] == "/tmp/raw.log"
     assert settings["dsync_all_namespaces"] == "yes"
     assert engine.calls[0][1] is peer and closed == [True]
+
+
+def test_command_destination_keeps_its_words(engine: FakeEngine, run, src: str, dst: str, no_transports: None) -> None:  # type: ignore[no-untyped-def]
+    """A plain command line reaches the transport as one string that splits back into the
+    same words (an argument with a space stays one argument)."""
+    import shlex
+
+    from dsync_core.api import open_storage
+
+    words = ["ssh", "-i", "/keys/my key", "127.0.0.1", "dsync", "server", "-u", "jane"]
+    transport, (code, _, err) = _with_transport(open_storage(dst), run, "-o", f"mail_location={src}", "sync", *words)
+    assert code == 0, err
+    (dest, _settings, _user), = transport.seen
+    assert shlex.split(dest) == words
 
 
 def test_transport_returning_a_bare_channel(engine: FakeEngine, run, src: str) -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from ..errors import EX_SOFTWARE, EX_USAGE, DsyncError, UsageError
 from ..formatter import FORMATTERS
 from ..plugin.manager import get_plugin_manager
 from ..settings import load_settings
-from . import mail, sync, user
+from . import mail, server, sync, user
 from .context import CliContext
 
 #: The user a command works for right now, named in ``dsync(USER):`` lines; unset = the invoking user.
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     mail.add_commands(sub)
     sync.add_commands(sub)
     user.add_commands(sub)
+    server.add_commands(sub)
     get_plugin_manager().hook.dsync_add_commands(subparsers=sub)
     return parser
 

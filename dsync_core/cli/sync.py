@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -360,7 +361,9 @@ def resolve_sides(cmd: SyncCommand, settings: Settings, user: UserInfo) -> Sides
                 exit_code=EX_FAILED,
             )
         return Sides(source, destination)
-    return Sides(source, None, " ".join(words))
+    # A command line travels as one string: quoted so that the transport's split gives
+    # back exactly these words (an argument with a space stays one argument).
+    return Sides(source, None, shlex.join(words) if len(words) > 1 else words[0])
 
 
 def _same_directory(a: Location, b: Location) -> bool:

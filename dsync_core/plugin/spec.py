@@ -131,8 +131,10 @@ def dsync_transport_open(destination: str, settings: Settings, user: UserInfo | 
         ``tcps:host``, or a command line.
     :param settings: the effective settings (``dsync_remote_cmd``, ``doveadm_port``, ...).
     :param user: the user being synced.
-    :returns: a channel object with ``read(n)``, ``write(data)`` and ``close()``, or
-        ``None`` when this plugin does not handle the destination.
+    :returns: what the engine syncs with: a :class:`dsync_core.replica.Replica` (a
+        transport wraps its byte channel in :class:`dsync_core.remote.RemoteReplica`, see
+        docs/protocol.md) or a :class:`dsync_core.storage.Storage`; ``None`` when this
+        plugin does not handle the destination.
 
     .. versionadded:: 0.1
     """
