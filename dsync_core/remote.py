@@ -76,7 +76,7 @@ from .replica import ChangeSet, ImportBatch, ImportResult, Replica, ReplicaInfo,
 log = logging.getLogger("dsync.remote")
 
 #: Bodies up to this size stay in memory while spooled; larger ones go to a temporary file.
-SPOOL_MEMORY = 1 << 20
+SPOOL_MEMORY = 256 * 1024  # times SAVE_BATCH bodies held at once: 50 MiB at most
 
 
 def _spool() -> BinaryIO:

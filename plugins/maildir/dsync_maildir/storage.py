@@ -332,6 +332,14 @@ class MaildirMailbox(Mailbox):
         self.header_uidvalidity = 0
         self.changes: MailboxChanges | None = None
         self._dovecot_state: dovecot_index.IndexState | None = None  # refreshed, not re-read
+        # What this process last verified cur/ and new/ to hold (their stamp, and every entry
+        # name as "sub/name"), so that a run of our own saves need not rescan after each
+        # batch. Kept in memory only: a stamp taken in the racy window is never persisted.
+        self._mem_stamp: str | None = None
+        self._mem_names: set[str] | None = None
+        # The last dovecot-uidlist parsed, by (inode, size, mtime): batches of saves read it
+        # again and again, and parsing 100k lines each time would make a sync quadratic.
+        self._ul_cache: tuple[tuple[int, int, int], ulmod.Uidlist, os.stat_result] | None = None
         self.dovecot = DovecotIndexSync(lay.index_dir(name), name, fsync=storage.fsync, chown=storage.own)
         # Dovecot creates missing cur/new/tmp of an existing mailbox directory.
         for sub in MAILDIR_SUBDIRS:
@@ -392,6 +400,28 @@ class MaildirMailbox(Mailbox):
             self._set_guid(ul.guid)
             self.header_uidvalidity = ul.uidvalidity
 
+    def _read_uidlist(self) -> tuple[ulmod.Uidlist | None, os.stat_result | None]:
+        """``uidlist.read``, from memory while the file is unchanged (a private copy: callers
+        change what they get)."""
+        cached = self._ul_cache
+        if cached is not None:
+            try:
+                st = os.stat(self.uidlist_path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_ino, st.st_size, st.st_mtime_ns) == cached[0]:
+                return attrs.evolve(cached[1], records=list(cached[1].records),
+                                    extra_header=list(cached[1].extra_header)), cached[2]
+        ul, st = ulmod.read(self.uidlist_path)
+        self._ul_cache = None
+        if ul is not None and st is not None:
+            self._remember_uidlist(ul, st)
+        return ul, st
+
+    def _remember_uidlist(self, ul: ulmod.Uidlist, st: os.stat_result) -> None:
+        self._ul_cache = ((st.st_ino, st.st_size, st.st_mtime_ns),
+                          attrs.evolve(ul, records=list(ul.records), extra_header=list(ul.extra_header)), st)
+
     # -- change detection --------------------------------------------------------------
     def _disk_stamp(self) -> tuple[str, bool]:
         parts: list[str] = []
@@ -426,17 +456,19 @@ class MaildirMailbox(Mailbox):
         """(UIDVALIDITY, UIDNEXT), rescanning only when the disk changed since last time."""
         disk, _ = self._disk_stamp()
         saved = self._saved_stamp()
-        if saved.get("disk") == disk and saved.get("g") == self._guid:
+        if saved.get("g") == self._guid and saved.get("v") and (
+            saved.get("disk") == disk or (self._mem_stamp is not None and self._mem_stamp == disk)
+        ):
             return int(saved["v"]), int(saved["n"])  # type: ignore[call-overload]
         return self._rescan()
 
     def _rescan(self) -> tuple[int, int]:
         with self.locked():
             disk, racy = self._disk_stamp()
-            ul, ul_st = ulmod.read(self.uidlist_path)
+            ul, ul_st = self._read_uidlist()
             if ul is None or not ul.guid:
                 self.init_header()
-                ul, ul_st = ulmod.read(self.uidlist_path)
+                ul, ul_st = self._read_uidlist()
                 assert ul is not None
             if ul.guid != self._guid:
                 self._set_guid(ul.guid)
@@ -448,6 +480,7 @@ class MaildirMailbox(Mailbox):
             kw, _ = kwmod.read(self.keywords_path)
 
             files: dict[str, tuple[str, fn.MaildirName]] = {}
+            names: set[str] = set()
             for sub in ("new", "cur"):
                 try:
                     it = os.scandir(os.path.join(self.dir, sub))
@@ -455,6 +488,7 @@ class MaildirMailbox(Mailbox):
                     continue
                 with it:
                     for e in it:
+                        names.add(f"{sub}/{e.name}")
                         parsed = fn.parse_name(e.name)
                         if parsed is None:
                             continue
@@ -526,6 +560,10 @@ class MaildirMailbox(Mailbox):
             dovecot_modseq = dovecot_index.highest_modseq(self.storage.layout.index_dir(self.name)) or 1
             self.changes.commit(upserts=upserts, expunged=expunged, stamp=stamp, min_modseq=dovecot_modseq,
                                 known_expunges=learnt)
+            # In memory even in the racy window: an entry added in the same tick after our
+            # listing is missed by this process only (the persisted stamp is then empty).
+            unchanged = disk_now.split(" ")[:2] == disk.split(" ")[:2]
+            self._mem_stamp, self._mem_names = (disk_now, names) if unchanged else (None, None)
             return ul.uidvalidity, uidnext
 
     def _dovecot_history(
@@ -572,7 +610,31 @@ class MaildirMailbox(Mailbox):
     def _update_stamp_values(self, uidvalidity: int, uidnext: int) -> None:
         """After our own uidlist change: keep the cached UIDNEXT right, force a rescan."""
         assert self.changes is not None
+        self._mem_stamp = self._mem_names = None
         self.changes.commit(stamp=json.dumps({"disk": "", "v": uidvalidity, "n": uidnext, "g": self._guid}))
+
+    def _after_own_save(self, uidvalidity: int, uidnext: int, added: set[str]) -> None:
+        """After our own save: if cur/ and new/ now hold exactly what we knew plus what we
+        added (nobody else wrote meanwhile), the change log is complete and no rescan is
+        needed; otherwise (or without knowledge) force one."""
+        known = self._mem_names
+        if known is None:
+            self._update_stamp_values(uidvalidity, uidnext)
+            return
+        before, racy = self._disk_stamp()
+        names: set[str] = set()
+        for sub in ("new", "cur"):
+            with contextlib.suppress(FileNotFoundError), os.scandir(os.path.join(self.dir, sub)) as it:
+                names.update(f"{sub}/{e.name}" for e in it)
+        after, racy_after = self._disk_stamp()
+        if before != after or names != known | added:
+            self._update_stamp_values(uidvalidity, uidnext)
+            return
+        assert self.changes is not None
+        self._mem_stamp, self._mem_names = after, names
+        # Persisted only when outside the racy window (see _disk_stamp).
+        disk = "" if (racy or racy_after) else after
+        self.changes.commit(stamp=json.dumps({"disk": disk, "v": uidvalidity, "n": uidnext, "g": self._guid}))
 
     def tell_dovecot(
         self,
@@ -649,6 +711,28 @@ class MaildirMailbox(Mailbox):
             return e
         return None
 
+    def open_bodies(self, uids: list[int]) -> Iterator[tuple[int, BinaryIO | None]]:
+        # One refresh and one query for the whole batch, not one per message.
+        self._refresh()
+        assert self.changes is not None
+        where = {e.uid: e.extra for e in self.changes.entries_by_uid(uids)}
+        for uid in uids:
+            path = where.get(uid)
+            body: BinaryIO | None = None
+            if path is not None:
+                try:
+                    body = open(os.path.join(self.dir, path), "rb")
+                except FileNotFoundError:
+                    pass  # renamed (flags) or expunged meanwhile: look again
+                except OSError as err:
+                    raise StorageError(f"Cannot read {os.path.join(self.dir, path)}: {err.strerror}") from None
+            if body is None:
+                try:
+                    body = self.open_body(uid)
+                except NotFoundError:
+                    body = None
+            yield uid, body
+
     def open_body(self, uid: int) -> BinaryIO:
         self._refresh()
         for attempt in range(2):
@@ -677,7 +761,7 @@ class MaildirMailbox(Mailbox):
         own = st.own
         with self.locked():
             self._refresh()
-            ul, ul_st = ulmod.read(self.uidlist_path)
+            ul, ul_st = self._read_uidlist()
             assert ul is not None and self.changes is not None
             kw, kw_st = kwmod.read(self.keywords_path)
             nxt = ul.effective_next_uid
@@ -749,6 +833,8 @@ class MaildirMailbox(Mailbox):
                     fields = {"G": str(p["gfield"])} if p["gfield"] else {}
                     new_records.append(ulmod.UidlistRecord(int(p["uid"]), str(p["base"]), fields))  # type: ignore[call-overload]
                 ulmod.append(self.uidlist_path, ul, new_records, fsync=st.fsync)
+                with contextlib.suppress(OSError):
+                    self._remember_uidlist(ul, os.stat(self.uidlist_path))  # we hold its lock
                 for p in plans:
                     self._link_into_place(p)
             except BaseException:
@@ -777,7 +863,7 @@ class MaildirMailbox(Mailbox):
                 for p in plans
             ]
             modseq = self.changes.commit(upserts=entries, min_modseq=dovecot_modseq)
-            self._update_stamp_values(ul.uidvalidity, ul.effective_next_uid)
+            self._after_own_save(ul.uidvalidity, ul.effective_next_uid, {str(p["extra"]) for p in plans})
             return [attrs_evolve_modseq(e.record(), modseq) for e in entries]
 
     def _write_tmp(self, path: str, body: BinaryIO) -> tuple[int, int]:

@@ -331,3 +331,54 @@ def test_interrupted_save_never_forgets_a_kept_guid(open_maildir, tmp_path, monk
     # The interrupted UIDs are used up; the next save goes above them, with its GUID kept.
     again = st.open_mailbox("INBOX").save([req(guid=guids[1])])
     assert again[0].uid == 4 and again[0].guid == guids[1]
+
+
+def test_consecutive_own_saves_do_not_rescan(open_maildir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A run of our own saves checks cur/ and new/ against what it knows instead of
+    rescanning the whole mailbox after each batch (which made big syncs quadratic)."""
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    box.save([req() for _ in range(3)])
+    rescans = []
+    real = box._rescan
+    monkeypatch.setattr(box, "_rescan", lambda: rescans.append(1) or real())
+    for _ in range(4):
+        box.save([req() for _ in range(5)])
+    assert rescans == []
+    assert [r.uid for r in box.records()] == list(range(1, 24))
+    assert [r.uid for r in st.open_mailbox("INBOX").records()] == list(range(1, 24))
+
+
+@pytest.mark.parametrize("when", ["between", "during"])
+def test_delivery_by_someone_else_around_our_saves_is_found(open_maildir, tmp_path, monkeypatch, when: str) -> None:  # type: ignore[no-untyped-def]
+    """A message another program (Dovecot's LDA) puts into new/ between or during our save
+    batches, without our lock, is found and gets its UID; nothing is counted twice."""
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    box.save([req() for _ in range(2)])
+    foreign = os.path.join(box.dir, "new", "1700000000.M1P1.elsewhere")
+
+    def deliver() -> None:
+        with open(foreign, "wb") as f:
+            f.write(b"Subject: from the LDA\n\nhello\n")
+
+    if when == "between":
+        deliver()
+    else:
+        real_link = box._link_into_place
+        done = []
+
+        def link_and_deliver(p):  # type: ignore[no-untyped-def]
+            real_link(p)
+            if not done:
+                done.append(1)
+                deliver()
+
+        monkeypatch.setattr(box, "_link_into_place", link_and_deliver)
+    box.save([req() for _ in range(2)])
+    monkeypatch.undo()
+    box.save([req()])
+    for b in (box, st.open_mailbox("INBOX")):
+        recs = list(b.records())
+        assert len(recs) == 6 and len({r.uid for r in recs}) == 6
+        assert sum(1 for r in recs if r.guid == "1700000000.M1P1.elsewhere") == 1
