@@ -163,7 +163,11 @@ class _Run:
             errors = self.x.apply_tree(tplan.a) if tplan.a else []
             errors += self.y.apply_tree(tplan.b) if tplan.b else []
             rep.unapplied.extend(errors)
-            tx, ty = self._filter(self.x.tree()), self._filter(self.y.tree())
+            # Read again only what changed (a round trip each over a transport).
+            if tplan.a:
+                tx = self._filter(self.x.tree())
+            if tplan.b:
+                ty = self._filter(self.y.tree())
         # A mailbox a tree change touched (new GUID, created) is compared fully, never skipped.
         self._touched = {ch.guid for ch in (*tplan.a, *tplan.b) if ch.guid}
         rep.mailboxes_created = tplan.created

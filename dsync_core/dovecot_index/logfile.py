@@ -7,8 +7,10 @@ padded to 4 bytes. All integers are little-endian; we refuse big-endian files.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 import attrs
 
@@ -247,3 +249,9 @@ def tail_update(log_size_before: int) -> bytes:
     rec_size = 8 + 8
     return encode_size(rec_size) + struct.pack("<IHHI", T_HEADER_UPDATE | EXTERNAL, 64, 4, log_size_before + rec_size)
 
+
+def read_bounded(f: BinaryIO, limit: int) -> bytes:
+    """At most ``limit`` bytes of an open file, allocating only what it holds
+    (``f.read(limit)`` would reserve ``limit`` bytes first: a gigabyte per small log)."""
+    size = os.fstat(f.fileno()).st_size
+    return f.read(min(size + 1, limit) if size < limit else limit)

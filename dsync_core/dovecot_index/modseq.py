@@ -30,6 +30,7 @@ from .logfile import (
     TYPE_MASK,
     decode_size,
 )
+from .logfile import read_bounded as lf_read_bounded
 
 MAX_LOG_BYTES = 256 * 1024 * 1024
 
@@ -38,7 +39,7 @@ def log_highest_modseq(path: str) -> int | None:
     """The running modseq at the end of a transaction log, or None if there is no usable log."""
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_LOG_BYTES)
+            data = lf_read_bounded(f, MAX_LOG_BYTES)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return None
     if len(data) < 24 or data[0] != 1:

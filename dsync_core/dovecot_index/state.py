@@ -114,7 +114,7 @@ class _FileStamp:
 def _read(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
-            return f.read(MAX_FILE_BYTES)
+            return lf.read_bounded(f, MAX_FILE_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
