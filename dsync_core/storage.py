@@ -212,6 +212,9 @@ class Storage(abc.ABC):
     have_guids: ClassVar[bool] = True
     #: A GUID given on save is kept.
     have_save_guids: ClassVar[bool] = True
+    #: A UID given on save is kept and UIDNEXT / HIGHESTMODSEQ can be raised (an IMAP
+    #: server, imapc, chooses its UIDs and modseqs itself).
+    have_save_uids: ClassVar[bool] = True
     #: GUIDs are always 128-bit (32 hex digits).
     have_only_guid128: ClassVar[bool] = False
     #: Modseqs survive restarts (HIGHESTMODSEQ is meaningful across runs).

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import USER, Env, content, put, subjects
+from transport_helpers import USER, Env, content, put, subjects
 
 from dsync_core import protocol as p
 

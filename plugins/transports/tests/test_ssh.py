@@ -15,7 +15,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from conftest import USER, Env, content, free_port, put, shell_join, subjects, wait_port
+from transport_helpers import USER, Env, content, free_port, put, shell_join, subjects, wait_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 if not os.path.exists(SSHD) or not shutil.which("ssh-keygen"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import USER, Env, content, put
+from transport_helpers import USER, Env, content, put
 
 PW = "s3cret-pw"
 

@@ -1,0 +1,970 @@
+"""The ``imapc:`` storage: one IMAP account seen through the Storage interface.
+
+See the package docstring for the design (GUIDs, mailbox GUIDs, modseqs, UIDs).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import hashlib
+import io
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+import attrs
+
+from dsync_core.errors import ExistsError, NotFoundError, StorageError
+from dsync_core.location import Location
+from dsync_core.lock import FcntlLock
+from dsync_core.mailboxlog import name_hash
+from dsync_core.model import (
+    ExpungeRecord,
+    FlagUpdate,
+    MailboxInfo,
+    MailboxLogRecord,
+    MailboxLogType,
+    MailboxStatus,
+    MessageRecord,
+    SaveRequest,
+    is_system_flag,
+    normalize_flag,
+)
+from dsync_core.settings import Settings
+from dsync_core.storage import Mailbox, Storage, normalize_mailbox_name
+
+from .client import Connection, ConnectionLost
+from .config import ImapcConfig, load_config
+from .headerhash import disambiguate, header_hash, local_header_hash
+from .names import ServerFolder, to_name, to_raw
+
+#: Bodies fetched together in one UID FETCH stay below this many bytes (memory bound per
+#: connection); a message above ``chunk_size`` is streamed in partial fetches instead.
+BATCH_BYTES = 2 * 1024 * 1024
+_APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]", re.I)
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``1:3,7``."""
+    out: list[str] = []
+    run: list[int] = []
+    for u in sorted(set(uids)):
+        if run and u == run[-1] + 1:
+            run.append(u)
+            continue
+        if run:
+            out.append(f"{run[0]}:{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [u]
+    if run:
+        out.append(f"{run[0]}:{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def parse_uid_set(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" in part:
+            a, b = (int(x) for x in part.split(":", 1))
+            out.extend(range(min(a, b), max(a, b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def _flags(raw: Iterable[bytes | str]) -> tuple[frozenset[str], frozenset[str]]:
+    flags: set[str] = set()
+    keywords: set[str] = set()
+    for f in raw:
+        s = f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f)
+        if s.lower() == "\\recent":
+            continue
+        if is_system_flag(s):
+            flags.add(normalize_flag(s))
+        elif not s.startswith("\\"):
+            keywords.add(s)
+    return frozenset(flags), frozenset(keywords)
+
+
+def _ts(value: Any) -> int:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return int(value.timestamp())
+    return 0
+
+
+class _Cache:
+    """What we keep about the server between calls (and, with a path, between runs):
+    header-hash bases per (folder, UIDVALIDITY, UID) and GUIDs given on save or set."""
+
+    def __init__(self, path: str | None) -> None:
+        self.bases: dict[tuple[str, int], dict[int, str]] = {}
+        self.overrides: dict[tuple[str, int], dict[int, str]] = {}
+        self.mbox_guids: dict[str, str] = {}
+        self.uidv: dict[str, tuple[int, int]] = {}  # folder -> (server's UIDVALIDITY, the one we show)
+        self.log: list[MailboxLogRecord] = []  # deletes, renames, subscriptions done through us
+        self.lock = threading.RLock()
+        self.db: sqlite3.Connection | None = None
+        if path:
+            try:
+                os.makedirs(path, exist_ok=True)
+                self.db = sqlite3.connect(os.path.join(path, "dsync-imapc.sqlite"), check_same_thread=False)
+                self.db.executescript(
+                    "CREATE TABLE IF NOT EXISTS hash (box TEXT, uidvalidity INTEGER, uid INTEGER, base TEXT,"
+                    " PRIMARY KEY (box, uidvalidity, uid)) WITHOUT ROWID;"
+                    "CREATE TABLE IF NOT EXISTS guid (box TEXT, uidvalidity INTEGER, uid INTEGER, guid TEXT,"
+                    " PRIMARY KEY (box, uidvalidity, uid)) WITHOUT ROWID;"
+                    "CREATE TABLE IF NOT EXISTS mbox (name TEXT PRIMARY KEY, guid TEXT);"
+                    "CREATE TABLE IF NOT EXISTS uidv (box TEXT PRIMARY KEY, real INTEGER, shown INTEGER);"
+                    "CREATE TABLE IF NOT EXISTS mlog (seq INTEGER PRIMARY KEY AUTOINCREMENT, type INTEGER,"
+                    " guid TEXT, ts INTEGER);"
+                )
+                for t, g, ts in self.db.execute("SELECT type, guid, ts FROM mlog ORDER BY seq"):
+                    self.log.append(MailboxLogRecord(MailboxLogType(t), g, ts))
+                for name, guid in self.db.execute("SELECT name, guid FROM mbox"):
+                    self.mbox_guids[name] = guid
+                for box, real, shown in self.db.execute("SELECT box, real, shown FROM uidv"):
+                    self.uidv[box] = (real, shown)
+            except (OSError, sqlite3.DatabaseError) as e:
+                raise StorageError(f"imapc: cannot open the cache in {path}: {e}") from None
+
+    def _load(self, table: str, key: tuple[str, int], into: dict[tuple[str, int], dict[int, str]]) -> dict[int, str]:
+        with self.lock:
+            got = into.get(key)
+            if got is None:
+                got = {}
+                if self.db is not None:
+                    col = "base" if table == "hash" else "guid"
+                    got = {
+                        u: v
+                        for u, v in self.db.execute(
+                            f"SELECT uid, {col} FROM {table} WHERE box=? AND uidvalidity=?", key
+                        )
+                    }
+                into[key] = got
+            return got
+
+    def bases_of(self, key: tuple[str, int]) -> dict[int, str]:
+        return self._load("hash", key, self.bases)
+
+    def overrides_of(self, key: tuple[str, int]) -> dict[int, str]:
+        return self._load("guid", key, self.overrides)
+
+    def add(self, table: str, key: tuple[str, int], values: dict[int, str]) -> None:
+        with self.lock:
+            (self.bases_of(key) if table == "hash" else self.overrides_of(key)).update(values)
+            if self.db is not None and values:
+                with self.db:
+                    self.db.executemany(
+                        f"INSERT OR REPLACE INTO {table} VALUES (?,?,?,?)",
+                        [(key[0], key[1], u, v) for u, v in values.items()],
+                    )
+
+    def set_mbox_guid(self, name: str, guid: str | None) -> None:
+        with self.lock:
+            if guid is None:
+                self.mbox_guids.pop(name, None)
+            else:
+                self.mbox_guids[name] = guid
+            if self.db is not None:
+                with self.db:
+                    if guid is None:
+                        self.db.execute("DELETE FROM mbox WHERE name=?", (name,))
+                    else:
+                        self.db.execute("INSERT OR REPLACE INTO mbox VALUES (?,?)", (name, guid))
+
+    def add_log(self, type_: MailboxLogType, guid: str) -> None:
+        rec = MailboxLogRecord(type_, guid, int(time.time()))
+        with self.lock:
+            self.log.append(rec)
+            if self.db is not None:
+                with self.db:
+                    self.db.execute("INSERT INTO mlog (type, guid, ts) VALUES (?,?,?)", (int(type_), guid, rec.timestamp))
+
+    def shown_uidvalidity(self, box: str, real: int) -> int:
+        """A UIDVALIDITY the engine asked for stands for the server's until the server's changes."""
+        got = self.uidv.get(box)
+        return got[1] if got is not None and got[0] == real else real
+
+    def set_uidvalidity(self, box: str, real: int, shown: int) -> None:
+        with self.lock:
+            self.uidv[box] = (real, shown)
+            if self.db is not None:
+                with self.db:
+                    self.db.execute("INSERT OR REPLACE INTO uidv VALUES (?,?,?)", (box, real, shown))
+
+    def close(self) -> None:
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
+
+
+class ImapcStorage(Storage):
+    scheme = "imapc"
+    have_guids = True
+    have_save_uids = False
+    have_only_guid128 = True
+
+    def __init__(self, location: Location, settings: Settings, user: Any = None) -> None:
+        super().__init__(location.path or "")
+        self.location = location
+        self.cfg: ImapcConfig = load_config(settings)
+        self.cache = _Cache(location.path or None)
+        # Saved GUIDs survive only with a cache directory (imapc:~/imapc-cache).
+        self.have_save_guids = self.cache.db is not None
+        self._shared: dict[str, str] = {}  # "dead": why the run's connections are unusable
+        self._pool: list[Connection] = []
+        self._pool_lock = threading.Lock()
+        self.conn = self._connect()
+        self.have_modseqs = self.conn.condstore
+        # Without CONDSTORE a mailbox's HIGHESTMODSEQ is the time this run started (in ms):
+        # higher than any earlier run's, so a fast sync always compares the mailbox (never
+        # skips a flag change it cannot see), and constant within the run.
+        self._run_modseq = time.time_ns() // 1_000_000
+        self._folders: dict[str, ServerFolder] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # -- connections -------------------------------------------------------------------
+    def _connect(self) -> Connection:
+        c = Connection(self.cfg)
+        c.shared = self._shared
+        return c
+
+    @contextlib.contextmanager
+    def _worker_conn(self) -> Iterator[Connection]:
+        with self._pool_lock:
+            c = self._pool.pop() if self._pool else None
+        if c is None:
+            c = self._connect()
+        try:
+            yield c
+        finally:
+            if not c.dead:
+                with self._pool_lock:
+                    self._pool.append(c)
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.cfg.connections, thread_name_prefix="imapc"
+            )
+        return self._executor
+
+    # -- folders -----------------------------------------------------------------------
+    def folders(self, refresh: bool = False) -> dict[str, ServerFolder]:
+        if self._folders is not None and not refresh:
+            return self._folders
+        c = self.conn
+        cfg = self.cfg
+        special: dict[str, str] = {}
+        with c.guard("LIST"):
+            if "SPECIAL-USE" in c.caps and "LIST-EXTENDED" in c.caps:
+                # One LIST with the special-use attributes (RFC 6154), imapclient has no call for it.
+                typ, dat = c.client._imap._simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)")
+                c.client._checkok("LIST", typ, dat)
+                typ, dat = c.client._imap._untagged_response(typ, dat, "LIST")
+                listing = c.client._proc_folder_list(dat)
+            else:
+                listing = c.client.xlist_folders() if "XLIST" in c.caps else c.client.list_folders()
+        out: dict[str, ServerFolder] = {}
+        for flags, sep, raw in listing:
+            raw = _s(raw)
+            sep_s = _s(sep) if sep else ""
+            fl = {(_s(f)).lower() for f in flags}
+            use = special.get(raw, "")
+            for f in fl:
+                if f in ("\\all", "\\archive", "\\drafts", "\\flagged", "\\junk", "\\sent", "\\trash",
+                         "\\important") and not use:
+                    use = next(_s(x) for x in flags if _s(x).lower() == f)
+            if use and use.lower() in cfg.skip_special_use:
+                continue
+            name = to_name(raw, sep_s, cfg.list_prefix, cfg.alt_char)
+            if name is None:
+                continue
+            try:
+                name = normalize_mailbox_name(name)
+            except Exception:
+                continue  # a name we can't represent (empty level from a trailing separator)
+            selectable = not (fl & {"\\noselect", "\\nonexistent"})
+            out[name] = ServerFolder(raw, name, sep_s, selectable, use)
+        if cfg.special_use_names:
+            out = _special_use_names(out)
+        if "INBOX" not in out:
+            out["INBOX"] = ServerFolder("INBOX", "INBOX", "/", True)
+        # Parents the server does not list (allowed by RFC 3501) are directories to us.
+        for name in list(out):
+            levels = name.split("/")
+            for i in range(1, len(levels)):
+                parent = "/".join(levels[:i])
+                if parent not in out:
+                    f = out[name]
+                    out[parent] = ServerFolder(to_raw(parent, f.sep, cfg.list_prefix), parent, f.sep, False)
+        self._folders = out
+        return out
+
+    def _sep(self) -> str:
+        for f in self.folders().values():
+            if f.sep:
+                return f.sep
+        return "/"
+
+    def folder(self, name: str) -> ServerFolder:
+        name = normalize_mailbox_name(name)
+        f = self.folders().get(name)
+        if f is None:
+            f = self.folders(refresh=True).get(name)
+        if f is None:
+            raise NotFoundError(f"Mailbox doesn't exist: {name}")
+        return f
+
+    def mailbox_guid(self, name: str) -> str:
+        override = self.cache.mbox_guids.get(name)
+        if override:
+            return override
+        # By name: stable across runs, UIDVALIDITY changes and server moves (a rename on
+        # the server is a delete and a create to the engine).
+        return hashlib.sha1(f"imapc-mailbox\0{name}".encode()).hexdigest()[:32]
+
+    def list_mailboxes(self) -> list[MailboxInfo]:
+        out = []
+        for name in sorted(self.folders(refresh=True), key=lambda n: (n != "INBOX", n.split("/"))):
+            f = self._folders[name]  # type: ignore[index]
+            out.append(
+                MailboxInfo(name=name, guid=self.mailbox_guid(name) if f.selectable else "",
+                            selectable=f.selectable, special_use=f.special_use)
+            )
+        return out
+
+    def create_mailbox(self, name: str, *, guid: str | None = None, uidvalidity: int | None = None) -> MailboxInfo:
+        name = normalize_mailbox_name(name)
+        existing = self.folders(refresh=True).get(name)
+        if existing is not None and existing.selectable:
+            raise ExistsError(f"Mailbox already exists: {name}")
+        raw = to_raw(name, self._sep(), self.cfg.list_prefix)
+        with self.conn.guard(f"CREATE {name}"):
+            self.conn.client.create_folder(raw)
+        if guid:
+            self.cache.set_mbox_guid(name, guid)
+        self._folders = None
+        st = self.conn_status(raw, name)
+        uidv = int(st[b"UIDVALIDITY"])
+        if uidvalidity and uidvalidity != uidv:
+            self.cache.set_uidvalidity(raw, uidv, uidvalidity)
+        return MailboxInfo(name=name, guid=self.mailbox_guid(name), uidvalidity=self.cache.shown_uidvalidity(raw, uidv),
+                           uidnext=st[b"UIDNEXT"])
+
+    def delete_mailbox(self, name: str) -> None:
+        f = self.folder(name)
+        self.conn.unselect()
+        guid = self.mailbox_guid(f.name)
+        with self.conn.guard(f"DELETE {name}", missing=name):
+            self.conn.client.delete_folder(f.raw)
+        self.cache.set_mbox_guid(f.name, None)
+        self.cache.add_log(MailboxLogType.DELETE_MAILBOX, guid)
+        self._folders = None
+
+    def rename_mailbox(self, old: str, new: str) -> None:
+        f = self.folder(old)
+        new = normalize_mailbox_name(new)
+        if new in self.folders(refresh=True):
+            raise ExistsError(f"Mailbox already exists: {new}")
+        self.conn.unselect()
+        # GUIDs go with the folders (children too): they are name hashes unless set.
+        moved = {n: self.mailbox_guid(n) for n in self.folders() if n == f.name or n.startswith(f.name + "/")}
+        with self.conn.guard(f"RENAME {old}", missing=old):
+            self.conn.client.rename_folder(f.raw, to_raw(new, f.sep or self._sep(), self.cfg.list_prefix))
+        for n, guid in moved.items():
+            self.cache.set_mbox_guid(n, None)
+            self.cache.set_mbox_guid(new + n[len(f.name):], guid)
+        self.cache.add_log(MailboxLogType.RENAME, name_hash(new))
+        self._folders = None
+
+    def mailbox_log(self) -> list[MailboxLogRecord]:
+        # An IMAP server keeps no log of deletes and renames: ours holds what we did.
+        return list(self.cache.log)
+
+    def subscriptions(self) -> list[str]:
+        with self.conn.guard("LSUB"):
+            subs = self.conn.client.list_sub_folders()
+        out = []
+        for _flags, sep, raw in subs:
+            name = to_name(_s(raw), _s(sep) if sep else "", self.cfg.list_prefix, self.cfg.alt_char)
+            if name:
+                out.append(name)
+        return out
+
+    def set_subscribed(self, name: str, subscribed: bool) -> None:
+        raw = to_raw(normalize_mailbox_name(name), self._sep(), self.cfg.list_prefix)
+        with self.conn.guard("SUBSCRIBE"):
+            if subscribed:
+                self.conn.client.subscribe_folder(raw)
+            else:
+                self.conn.client.unsubscribe_folder(raw)
+        self.cache.add_log(MailboxLogType.SUBSCRIBE if subscribed else MailboxLogType.UNSUBSCRIBE,
+                           name_hash(normalize_mailbox_name(name)))
+
+    def open_mailbox(self, name: str) -> Mailbox:
+        f = self.folder(name)
+        if not f.selectable:
+            raise NotFoundError(f"Mailbox doesn't exist: {f.name} (a directory only)")
+        return ImapcMailbox(self, f)
+
+    def conn_status(self, raw: str, name: str) -> dict[bytes, int]:
+        what = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"]
+        if self.conn.condstore:
+            what.append("HIGHESTMODSEQ")
+        with self.conn.guard(f"STATUS {name}", missing=name):
+            return self.conn.client.folder_status(raw, what)
+
+    # -- locking and lifecycle -----------------------------------------------------------
+    def lock_path(self) -> str:
+        if self.location.path:
+            return os.path.join(self.location.path, ".dovecot-sync.lock")
+        key = hashlib.sha1(f"{self.cfg.server}\0{self.cfg.user}".encode()).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), f"dsync-imapc-{key}.lock")
+
+    def lock(self, timeout: float = 30.0) -> FcntlLock:
+        return FcntlLock(self.lock_path(), timeout=timeout, unlink_on_release=True)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        for c in [self.conn, *self._pool]:
+            c.close()
+        self._pool = []
+        self.cache.close()
+
+
+def _s(v: Any) -> str:
+    return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
+
+
+def raw_fetch(conn: Connection, uids: str, items: list[str], modifiers: list[str] | None = None,
+              what: str = "FETCH") -> dict[int, dict[bytes, Any]]:
+    """UID FETCH of a UID set string (``1:*`` allowed), every answer returned."""
+    c = conn.client
+    with conn.guard(f"UID FETCH {what}"):
+        args = ["UID", "FETCH", uids, "(" + " ".join(items) + ")"]
+        if modifiers:
+            args.append("(" + " ".join(modifiers) + ")")
+        tag = c._imap._command(*args)
+        typ, data = c._imap._command_complete("FETCH", tag)
+        c._checkok("fetch", typ, data)
+        typ, data = c._imap._untagged_response(typ, data, "FETCH")
+        fast = _fast_parse(data)
+        if fast is not None:
+            return fast
+        from imapclient.response_parser import parse_fetch_response
+
+        return dict(parse_fetch_response(data, False, True))
+
+
+_F_UID = re.compile(rb"\bUID (\d+)")
+_F_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
+_F_DATE = re.compile(rb'\bINTERNALDATE "([^"]+)"')
+_F_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_F_MODSEQ = re.compile(rb"\bMODSEQ \((\d+)\)")
+_F_LITERAL = re.compile(rb"(BODY\[[^\]]*\](?:<\d+>)?) \{\d+\}$")
+_F_SIMPLE = re.compile(rb"^\d+ \(")  # imaplib drops the word FETCH
+
+
+def _fast_parse(data: list[Any]) -> dict[int, dict[bytes, Any]] | None:
+    """FETCH answers of the shapes we ask for (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ,
+    at most one BODY[...] literal), parsed with a few regexes: imapclient's general parser
+    costs more than the transfer. Anything else (quoted strings, X-GM-LABELS, NIL bodies)
+    returns None and is left to imapclient."""
+    out: dict[int, dict[bytes, Any]] = {}
+    i = 0
+    n = len(data)
+    while i < n:
+        item = data[i]
+        i += 1
+        if item is None or item == b"":
+            continue
+        if isinstance(item, tuple):
+            head, literal = item
+            m = _F_LITERAL.search(head)
+            if m is None or not _F_SIMPLE.match(head):
+                return None
+            text = head[: m.start()]
+            if i < n and isinstance(data[i], bytes):
+                text += b" " + data[i]  # what follows the literal, up to the closing ")"
+                i += 1
+            d = _fields(text)
+            if d is None:
+                return None
+            d[m.group(1).replace(b".PEEK", b"")] = literal
+        else:
+            if not _F_SIMPLE.match(item) or b"{" in item or b'"' in _F_DATE.sub(b"", item):
+                return None
+            d = _fields(item)
+            if d is None:
+                return None
+        uid = d.pop(b"UID", None)
+        if uid is None:
+            continue  # an unsolicited FETCH (another session changed flags): not an answer
+        out.setdefault(uid, {}).update(d)
+    return out
+
+
+def _fields(text: bytes) -> dict[bytes, Any] | None:
+    d: dict[bytes, Any] = {}
+    if (m := _F_UID.search(text)) is not None:
+        d[b"UID"] = int(m.group(1))
+    if (f := _F_FLAGS.search(text)) is not None:
+        d[b"FLAGS"] = tuple(f.group(1).split())
+    if (f := _F_DATE.search(text)) is not None:
+        try:
+            d[b"INTERNALDATE"] = datetime.strptime(f.group(1).decode().strip(), "%d-%b-%Y %H:%M:%S %z")
+        except ValueError:
+            return None
+    if (f := _F_SIZE.search(text)) is not None:
+        d[b"RFC822.SIZE"] = int(f.group(1))
+    if (f := _F_MODSEQ.search(text)) is not None:
+        d[b"MODSEQ"] = (int(f.group(1)),)
+    return d
+
+
+class _ChunkedBody(io.RawIOBase):
+    """A message body read from the server in partial fetches (``BODY.PEEK[]<off.len>``):
+    never more than one chunk in memory."""
+
+    def __init__(self, mb: ImapcMailbox, uid: int, size: int | None) -> None:
+        self.mb = mb
+        self.uid = uid
+        self.size = size
+        self.off = 0
+        self.buf = b""
+        self.eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        chunk = self.mb.storage.cfg.chunk_size
+        conn = self.mb._reading()
+        got = raw_fetch(conn, str(self.uid), [f"BODY.PEEK[]<{self.off}.{chunk}>"], what=f"body of UID {self.uid}")
+        item = got.get(self.uid)
+        if item is None:
+            if self.off == 0:
+                raise NotFoundError(f"{self.mb.name}: message UID {self.uid} was expunged on the server")
+            self.eof = True
+            return
+        data = next((v for k, v in item.items() if k.startswith(b"BODY[")), None) or b""
+        self.off += len(data)
+        self.buf = data
+        if len(data) < chunk or (self.size is not None and self.off >= self.size):
+            self.eof = True
+
+    def readinto(self, b: Any) -> int:
+        if not self.buf and not self.eof:
+            self._fill()
+        n = min(len(b), len(self.buf))
+        b[:n] = self.buf[:n]
+        self.buf = self.buf[n:]
+        return n
+
+
+class ImapcMailbox(Mailbox):
+    storage: ImapcStorage
+
+    def __init__(self, storage: ImapcStorage, folder: ServerFolder) -> None:
+        super().__init__(storage, folder.name)
+        self.folder = folder
+        self._uidvalidity = 0
+        self._exists = 0
+
+    @property
+    def guid(self) -> str:
+        return self.storage.mailbox_guid(self.name)
+
+    # -- selection -----------------------------------------------------------------------
+    def _reading(self, write: bool = False) -> Connection:
+        c = self.storage.conn
+        if c.selected != self.folder.raw or (write and not c.selected_rw) or c.dead:
+            resp = c.select(self.folder.raw, self.name, write=write)
+            self._note_select(resp)
+        return c
+
+    def _note_select(self, resp: dict[bytes, Any]) -> None:
+        self._uidvalidity = int(resp.get(b"UIDVALIDITY", 0))
+        self._exists = int(resp.get(b"EXISTS", 0))
+
+    def _reselect(self, write: bool = False) -> Connection:
+        """SELECT again: the answer is the current EXISTS/UIDVALIDITY (new mail included)."""
+        c = self.storage.conn
+        resp = c.select(self.folder.raw, self.name, write=write or (c.selected == self.folder.raw and c.selected_rw))
+        self._note_select(resp)
+        return c
+
+    def status(self) -> MailboxStatus:
+        st = self.storage.conn_status(self.folder.raw, self.name)
+        hm = int(st.get(b"HIGHESTMODSEQ", 0)) if self.storage.conn.condstore else self.storage._run_modseq
+        return MailboxStatus(
+            guid=self.guid,
+            uidvalidity=self.storage.cache.shown_uidvalidity(self.folder.raw, int(st[b"UIDVALIDITY"])),
+            uidnext=int(st[b"UIDNEXT"]),
+            highestmodseq=hm,
+            messages=int(st[b"MESSAGES"]),
+            unseen=int(st.get(b"UNSEEN", 0)),
+        )
+
+    # -- records -------------------------------------------------------------------------
+    def _meta_items(self) -> list[str]:
+        items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+        if self.storage.conn.condstore:
+            items.append("MODSEQ")
+        if self.storage.conn.gmail and self.folder.special_use.lower() == "\\all":
+            items.append("X-GM-LABELS")
+        return items
+
+    def _fetch_meta(self, uids: str, since_modseq: int = 0) -> dict[int, dict[bytes, Any]]:
+        c = self._reselect()
+        if self._exists == 0:
+            return {}
+        mods = [f"CHANGEDSINCE {since_modseq}"] if since_modseq > 0 and c.condstore else None
+        got = raw_fetch(c, uids, self._meta_items(), mods, what="FLAGS")
+        if self.storage.conn.gmail and self.folder.special_use.lower() == "\\all":
+            got = {u: d for u, d in got.items() if not _gmail_labelled(d)}
+        return got
+
+    def _all_uids(self) -> list[int]:
+        c = self._reading()
+        with c.guard("UID SEARCH ALL"):
+            return sorted(c.client.search("ALL"))
+
+    def guids(self, uids: Iterable[int]) -> dict[int, str]:
+        """GUIDs of these UIDs: a saved/set GUID if we have one, else the header hash."""
+        key = (self.folder.raw, self._uidvalidity)
+        overrides = self.storage.cache.overrides_of(key)
+        bases = self.storage.cache.bases_of(key)
+        uids = list(uids)
+        if all(u in overrides for u in uids):
+            return {u: overrides[u] for u in uids}
+        # Disambiguation needs every UID of the mailbox (duplicates number in UID order).
+        all_uids = self._all_uids()
+        missing = [u for u in all_uids if u not in bases]
+        if missing:
+            self._hash(missing, key)
+        pairs = [(u, bases[u]) for u in all_uids if u in bases]
+        final = disambiguate(pairs)
+        final.update({u: g for u, g in overrides.items()})
+        return {u: final[u] for u in uids if u in final}
+
+    def _hash(self, uids: list[int], key: tuple[str, int]) -> None:
+        cfg = self.storage.cfg
+        fields = " ".join(cfg.hashed_headers)
+        c = self._reading()
+        for i in range(0, len(uids), cfg.fetch_batch):
+            chunk = uids[i : i + cfg.fetch_batch]
+            got = raw_fetch(c, uid_set(chunk), ["UID", "RFC822.SIZE", f"BODY.PEEK[HEADER.FIELDS ({fields})]"],
+                            what="headers")
+            new: dict[int, str] = {}
+            bare: list[int] = []
+            for u, d in got.items():
+                block = next((v for k, v in d.items() if k.startswith(b"BODY[")), b"") or b""
+                if not block.strip():
+                    bare.append(u)  # none of the fields: hash the whole header block
+                    continue
+                new[u] = header_hash(block, d.get(b"RFC822.SIZE"))
+            if bare:
+                whole = raw_fetch(c, uid_set(bare), ["UID", "RFC822.SIZE", "BODY.PEEK[HEADER]"], what="headers")
+                for u, d in whole.items():
+                    block = next((v for k, v in d.items() if k.startswith(b"BODY[")), b"") or b""
+                    new[u] = header_hash(block, d.get(b"RFC822.SIZE"))
+            self.storage.cache.add("hash", key, new)
+
+    def _records(self, got: dict[int, dict[bytes, Any]]) -> list[MessageRecord]:
+        if not got:
+            return []
+        guids = self.guids(got)
+        out = []
+        for uid in sorted(got):
+            d = got[uid]
+            if uid not in guids:
+                continue  # expunged between the two fetches
+            flags, keywords = _flags(d.get(b"FLAGS", ()))
+            modseq = d.get(b"MODSEQ")
+            out.append(
+                MessageRecord(
+                    uid=uid,
+                    guid=guids[uid],
+                    flags=flags,
+                    keywords=keywords,
+                    modseq=int(modseq[0]) if modseq else self.storage._run_modseq,
+                    internaldate=_ts(d.get(b"INTERNALDATE")),
+                    size=d.get(b"RFC822.SIZE"),
+                    vsize=d.get(b"RFC822.SIZE"),
+                )
+            )
+        return out
+
+    def records(self, since_modseq: int = 0) -> Iterator[MessageRecord]:
+        return iter(self._records(self._fetch_meta("1:*", since_modseq)))
+
+    def records_by_uid(self, uids: Iterable[int]) -> Iterator[MessageRecord]:
+        uids = sorted(set(uids))
+        if not uids:
+            return iter(())
+        got: dict[int, dict[bytes, Any]] = {}
+        batch = self.storage.cfg.fetch_batch * 10
+        for i in range(0, len(uids), batch):
+            got.update(self._fetch_meta(uid_set(uids[i : i + batch])))
+        return iter(self._records(got))
+
+    def expunges(self, since_modseq: int = 0) -> list[ExpungeRecord]:
+        c = self.storage.conn
+        if not c.qresync:
+            # Only QRESYNC tells what was expunged; without it the engine compares UID lists.
+            return []
+        self._reselect()
+        c.take_untagged("VANISHED")
+        # VANISHED (EARLIER): the UIDs expunged since the modseq (since 1: all the server
+        # remembers). Their GUIDs come from the cache when it knew them, else "" (unknown).
+        try:
+            raw_fetch(c, "1:*", ["UID"], [f"CHANGEDSINCE {max(since_modseq, 1)}", "VANISHED"], what="VANISHED")
+        except ConnectionLost:
+            raise
+        except StorageError:
+            if self._exists:
+                raise
+            return []  # some servers refuse UID FETCH 1:* in an empty mailbox
+        gone: list[int] = []
+        for v in c.take_untagged("VANISHED"):
+            text = _s(v)
+            text = re.sub(r"^\(EARLIER\)\s*", "", text.strip(), flags=re.I)
+            gone.extend(parse_uid_set(text))
+        hm = self.status().highestmodseq
+        key = (self.folder.raw, self._uidvalidity)
+        known = {**disambiguate(list(self.storage.cache.bases_of(key).items())),
+                 **self.storage.cache.overrides_of(key)}
+        return [ExpungeRecord(u, known.get(u, ""), hm) for u in sorted(set(gone))]
+
+    # -- bodies --------------------------------------------------------------------------
+    def open_body(self, uid: int) -> BinaryIO:
+        c = self._reading()
+        got = raw_fetch(c, str(uid), ["UID", "RFC822.SIZE"], what="size")
+        if uid not in got:
+            raise NotFoundError(f"{self.name}: message UID {uid} doesn't exist on the server")
+        return io.BufferedReader(_ChunkedBody(self, uid, got[uid].get(b"RFC822.SIZE")), 64 * 1024)  # type: ignore[return-value]
+
+    def open_bodies(self, uids: list[int]) -> Iterator[tuple[int, BinaryIO | None]]:
+        """Bodies in the given order: small ones fetched many per UID FETCH on up to
+        ``imapc_max_connections`` connections in parallel, big ones streamed in chunks."""
+        if not uids:
+            return
+        cfg = self.storage.cfg
+        c = self._reading()
+        sizes: dict[int, int] = {}
+        want = sorted(set(uids))
+        for i in range(0, len(want), cfg.fetch_batch * 10):
+            got = raw_fetch(c, uid_set(want[i : i + cfg.fetch_batch * 10]), ["UID", "RFC822.SIZE"], what="sizes")
+            sizes.update({u: int(d.get(b"RFC822.SIZE", 0)) for u, d in got.items()})
+        # Plan: groups of consecutive small messages (by the caller's order), big ones alone.
+        plan: list[tuple[str, list[int]]] = []
+        group: list[int] = []
+        total = 0
+        for u in uids:
+            s = sizes.get(u)
+            if s is None or s > cfg.chunk_size:
+                if group:
+                    plan.append(("batch", group))
+                    group, total = [], 0
+                plan.append(("one", [u]))
+                continue
+            if group and (total + s > BATCH_BYTES or len(group) >= cfg.fetch_batch):
+                plan.append(("batch", group))
+                group, total = [], 0
+            group.append(u)
+            total += s
+        if group:
+            plan.append(("batch", group))
+        ex = self.storage.executor() if cfg.connections > 1 else None
+        pending: collections.deque[tuple[str, list[int], Any]] = collections.deque()
+        it = iter(plan)
+
+        def submit() -> None:
+            for kind, group in it:
+                fut = None
+                if kind == "batch":
+                    fut = ex.submit(self._fetch_batch, group) if ex is not None else None
+                pending.append((kind, group, fut))
+                if fut is not None or kind == "batch":
+                    break
+
+        for _ in range(cfg.connections):
+            submit()
+        try:
+            while pending:
+                kind, group, fut = pending.popleft()
+                submit()
+                if kind == "one":
+                    u = group[0]
+                    if u not in sizes:
+                        yield u, None
+                    else:
+                        yield u, io.BufferedReader(_ChunkedBody(self, u, sizes[u]), 64 * 1024)  # type: ignore[misc]
+                    continue
+                bodies = fut.result() if fut is not None else self._fetch_batch(group, self._reading())
+                for u in group:
+                    data = bodies.pop(u, None)
+                    yield u, (io.BytesIO(data) if data is not None else None)
+        finally:
+            for _k, _g, fut in pending:
+                if fut is not None:
+                    fut.cancel()
+
+    def _fetch_batch(self, uids: list[int], conn: Connection | None = None) -> dict[int, bytes]:
+        if conn is not None:
+            got = raw_fetch(conn, uid_set(uids), ["UID", "BODY.PEEK[]"], what="bodies")
+        else:
+            with self.storage._worker_conn() as wc:
+                if wc.selected != self.folder.raw:
+                    wc.select(self.folder.raw, self.name)
+                got = raw_fetch(wc, uid_set(uids), ["UID", "BODY.PEEK[]"], what="bodies")
+        out = {}
+        for u, d in got.items():
+            data = next((v for k, v in d.items() if k.startswith(b"BODY[")), None)
+            if data is not None:
+                out[u] = data
+        return out
+
+    # -- writing -------------------------------------------------------------------------
+    def save(self, requests: Iterable[SaveRequest]) -> list[MessageRecord]:
+        c = self.storage.conn
+        out: list[MessageRecord] = []
+        for req in requests:
+            parts = []
+            while True:
+                chunk = req.body.read(1024 * 1024)
+                if not chunk:
+                    break
+                parts.append(chunk)
+            data = b"".join(parts)  # imaplib sends a literal from memory
+            if req.guid and not self.storage.have_save_guids:
+                own = local_header_hash(data, self.storage.cfg.hashed_headers)
+                if req.guid != own:
+                    # Its GUID would be forgotten, and the next run would copy it back: refuse.
+                    raise StorageError(
+                        f"{self.name}: can't keep the GUID of a message saved to an IMAP server without a cache "
+                        "directory; give one in the location (imapc:~/imapc-cache)"
+                    )
+            flags = sorted(req.flags | req.keywords)
+            when = datetime.fromtimestamp(req.internaldate, UTC) if req.internaldate else None
+            with c.guard(f"APPEND to {self.name}", missing=self.name):
+                resp = c.client.append(self.folder.raw, data, flags=flags, msg_time=when)
+            m = _APPENDUID.search(resp if isinstance(resp, bytes) else str(resp).encode())
+            if m:
+                uidvalidity, uid = int(m.group(1)), int(parse_uid_set(m.group(2).decode())[-1])
+            else:
+                # No UIDPLUS: the newest message is ours (assumes no delivery meanwhile).
+                self._reselect()
+                uidvalidity = self._uidvalidity
+                uid = self._all_uids()[-1]
+            self._uidvalidity = uidvalidity
+            key = (self.folder.raw, uidvalidity)
+            if req.guid:
+                self.storage.cache.add("guid", key, {uid: req.guid})
+            recs = list(self.records_by_uid([uid]))
+            if recs:
+                out.append(recs[0])
+        return out
+
+    def update_flags(self, updates: Iterable[FlagUpdate]) -> list[MessageRecord]:
+        updates = list(updates)
+        if not updates:
+            return []
+        c = self._reading(write=True)
+        groups: dict[tuple[frozenset[str], frozenset[str]], list[int]] = {}
+        for up in updates:
+            add = up.add_flags | up.add_keywords
+            remove = (up.remove_flags | up.remove_keywords) - add
+            groups.setdefault((frozenset(add), frozenset(remove)), []).append(up.uid)
+        before = {r.uid: r for r in self.records_by_uid(u.uid for u in updates)}
+        for (add, remove), uids in groups.items():
+            uids = [u for u in uids if u in before]
+            if not uids:
+                continue
+            with c.guard(f"STORE in {self.name}"):
+                if add:
+                    c.client.add_flags(uid_set(uids), sorted(add), silent=True)
+                if remove:
+                    c.client.remove_flags(uid_set(uids), sorted(remove), silent=True)
+        after = list(self.records_by_uid(before))
+        return [r for r in after if (r.flags, r.keywords) != (before[r.uid].flags, before[r.uid].keywords)]
+
+    def expunge(self, uids: Iterable[int]) -> list[ExpungeRecord]:
+        recs = list(self.records_by_uid(uids))
+        if not recs:
+            return []
+        c = self._reading(write=True)
+        us = uid_set(r.uid for r in recs)
+        with c.guard(f"EXPUNGE in {self.name}"):
+            c.client.add_flags(us, [b"\\Deleted"], silent=True)
+            if c.uidplus:
+                c.client.uid_expunge(us)
+            else:
+                c.client.expunge()
+        hm = self.status().highestmodseq
+        return [ExpungeRecord(r.uid, r.guid, hm) for r in recs]
+
+    def update_status(
+        self,
+        *,
+        uidvalidity: int | None = None,
+        min_uidnext: int | None = None,
+        min_highestmodseq: int | None = None,
+        guid: str | None = None,
+    ) -> MailboxStatus:
+        st = self.status()
+        if uidvalidity is not None and uidvalidity != st.uidvalidity:
+            # A client can't change the server's UIDVALIDITY; we show the wanted one instead
+            # for as long as the server's stays what it is now (UIDs are the server's anyway).
+            real = int(self.storage.conn_status(self.folder.raw, self.name)[b"UIDVALIDITY"])
+            self.storage.cache.set_uidvalidity(self.folder.raw, real, uidvalidity)
+        if guid is not None:
+            self.storage.cache.set_mbox_guid(self.name, guid)
+        # UIDNEXT and HIGHESTMODSEQ belong to the server; a higher wish is ignored (the next
+        # fast sync then compares this mailbox fully, which is correct, only slower).
+        return self.status()
+
+
+#: imapc_special_use_names=yes: the names special-use folders get on the other side.
+SPECIAL_USE_NAMES = {"\\sent": "Sent", "\\drafts": "Drafts", "\\trash": "Trash", "\\junk": "Junk",
+                     "\\archive": "Archive", "\\all": "Archive"}
+
+
+def _special_use_names(folders: dict[str, ServerFolder]) -> dict[str, ServerFolder]:
+    """Give special-use folders the usual names (``[Gmail]/Sent Mail`` -> ``Sent``) where that
+    name is free; a folder that has the name already keeps it, and \\Archive beats \\All."""
+    taken = set(folders)
+    out = dict(folders)
+    order = sorted(folders.values(), key=lambda f: (f.special_use.lower() == "\\all", f.name))
+    for f in order:
+        target = SPECIAL_USE_NAMES.get(f.special_use.lower())
+        if not target or f.name == target or target in taken or not f.selectable:
+            continue
+        del out[f.name]
+        out[target] = attrs.evolve(f, name=target)
+        taken.add(target)
+    return out
+
+
+def _gmail_labelled(d: dict[bytes, Any]) -> bool:
+    """Whether a message of Gmail's All Mail also sits in some label folder (then it is
+    copied from there, not from All Mail again)."""
+    labels = {_s(x).lower() for x in d.get(b"X-GM-LABELS", ())}
+    return bool(labels - {"\\important", "\\starred"})
