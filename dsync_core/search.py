@@ -11,6 +11,7 @@ from __future__ import annotations
 import calendar
 import email.parser
 import email.policy
+import functools
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from typing import BinaryIO
 import attrs
 
 from .errors import EX_TEMPFAIL, UsageError
-from .model import MailboxInfo, MessageRecord
+from .model import MailboxInfo, MailboxStatus, MessageRecord
 from .storage import Mailbox, Storage
 
 _FLAG_TERMS = {
@@ -48,12 +49,18 @@ class QueryError(UsageError):
 class MessageContext:
     """One message as the search sees it; headers and body are read only on demand."""
 
-    def __init__(self, mailbox: Mailbox, info: MailboxInfo, record: MessageRecord, seq: int) -> None:
+    def __init__(self, mailbox: Mailbox, info: MailboxInfo, record: MessageRecord, seq: int,
+                 status: Callable[[], MailboxStatus] | None = None) -> None:
         self.mailbox = mailbox
         self.info = info
         self.record = record
         self.seq = seq
         self._headers: email.message.Message | None = None
+        self._status = status
+
+    def status(self) -> MailboxStatus:
+        """The mailbox's status, taken once per mailbox by the search (not once per message)."""
+        return self._status() if self._status is not None else self.mailbox.status()
 
     def open_body(self) -> BinaryIO:
         return self.mailbox.open_body(self.record.uid)
@@ -214,13 +221,14 @@ def parse_set(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
-def _in_set(value: int, ranges: list[tuple[int, int]], last: int) -> bool:
+def _in_set(value: int, ranges: list[tuple[int, int]], last: Callable[[], int]) -> bool:
     for lo, hi in ranges:
         # '*' means the last existing value: a range n:* always includes the last one.
+        # Looked up only for a '*'.
         if lo == 2**32 - 1:
-            lo = last
+            lo = last()
         if hi == 2**32 - 1:
-            hi = max(last, lo)
+            hi = max(last(), lo)
         if min(lo, hi) <= value <= max(lo, hi):
             return True
     return False
@@ -230,11 +238,11 @@ def _in_set(value: int, ranges: list[tuple[int, int]], last: int) -> bool:
 class UidTerm(Term):
     ranges: list[tuple[int, int]]
     last_uid: Callable[[MessageContext], int] = attrs.field(
-        default=lambda ctx: ctx.mailbox.status().uidnext - 1, repr=False
+        default=lambda ctx: ctx.status().uidnext - 1, repr=False
     )
 
     def match(self, ctx: MessageContext) -> bool:
-        return _in_set(ctx.record.uid, self.ranges, self.last_uid(ctx))
+        return _in_set(ctx.record.uid, self.ranges, lambda: self.last_uid(ctx))
 
 
 @attrs.define
@@ -242,7 +250,7 @@ class SeqTerm(Term):
     ranges: list[tuple[int, int]]
 
     def match(self, ctx: MessageContext) -> bool:
-        return _in_set(ctx.seq, self.ranges, ctx.mailbox.status().messages)
+        return _in_set(ctx.seq, self.ranges, lambda: ctx.status().messages)
 
 
 @attrs.define
@@ -497,8 +505,9 @@ def search(storage: Storage, query: Term) -> Iterator[MessageContext]:
             if query.mailbox_match(attrs.evolve(info, guid=box.guid)) is False:
                 continue
             info = attrs.evolve(info, guid=box.guid)
+            status = functools.cache(box.status)  # as it was when the search reached the mailbox
             for seq, rec in enumerate(box.records(), start=1):
-                ctx = MessageContext(box, info, rec, seq)
+                ctx = MessageContext(box, info, rec, seq, status)
                 if query.match(ctx):
                     yield ctx
 
