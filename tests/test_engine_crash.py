@@ -178,7 +178,7 @@ def _command(root: Path, case: str) -> list[str]:
     return _cli("-o", f"mail_location={loc(root, 'a')}", *args, loc(root, dest))
 
 
-def _to_completion(cmd: list[str], root: Path, what: str, timeout: float = 15) -> float:
+def _to_completion(cmd: list[str], root: Path, what: str, timeout: float = 60) -> float:
     """Run ``cmd`` until it exits 0 (2 means: run again); returns the first run's seconds."""
     first = 0.0
     for _attempt in range(3):

@@ -82,6 +82,22 @@ def _new_guid() -> str:
     return secrets.token_hex(16)
 
 
+class _MailboxMemory:
+    """What this process knows of one mailbox beyond its change log."""
+
+    __slots__ = ("stamp", "names", "uidlist")
+
+    def __init__(self) -> None:
+        # What cur/ and new/ were last verified to hold (their stamp, and every entry name as
+        # "sub/name"), so that our own saves need not rescan after each batch. In memory
+        # only: a stamp taken in the racy window is never persisted.
+        self.stamp: str | None = None
+        self.names: set[str] | None = None
+        # The last dovecot-uidlist parsed, by (inode, size, mtime): batches of saves read it
+        # again and again, and parsing 100k lines each time would make a sync quadratic.
+        self.uidlist: tuple[tuple[int, int, int], ulmod.Uidlist, os.stat_result] | None = None
+
+
 class MaildirStorage(DirectoryStorage):
     scheme = "maildir"
     have_guids = True
@@ -115,6 +131,7 @@ class MaildirStorage(DirectoryStorage):
             index=opts.get("INDEX") or None,
         )
         self.fsync = fsync_enabled(self.settings)
+        self._memory: dict[str, _MailboxMemory] = {}
         self._create_root()
         self.clear_trash()
         if changelog is None:
@@ -332,14 +349,9 @@ class MaildirMailbox(Mailbox):
         self.header_uidvalidity = 0
         self.changes: MailboxChanges | None = None
         self._dovecot_state: dovecot_index.IndexState | None = None  # refreshed, not re-read
-        # What this process last verified cur/ and new/ to hold (their stamp, and every entry
-        # name as "sub/name"), so that a run of our own saves need not rescan after each
-        # batch. Kept in memory only: a stamp taken in the racy window is never persisted.
-        self._mem_stamp: str | None = None
-        self._mem_names: set[str] | None = None
-        # The last dovecot-uidlist parsed, by (inode, size, mtime): batches of saves read it
-        # again and again, and parsing 100k lines each time would make a sync quadratic.
-        self._ul_cache: tuple[tuple[int, int, int], ulmod.Uidlist, os.stat_result] | None = None
+        # Shared by every object of this mailbox in this process (the engine opens it anew
+        # for each step of a sync).
+        self._mem = storage._memory.setdefault(self.dir, _MailboxMemory())
         self.dovecot = DovecotIndexSync(lay.index_dir(name), name, fsync=storage.fsync, chown=storage.own)
         # Dovecot creates missing cur/new/tmp of an existing mailbox directory.
         for sub in MAILDIR_SUBDIRS:
@@ -403,7 +415,7 @@ class MaildirMailbox(Mailbox):
     def _read_uidlist(self) -> tuple[ulmod.Uidlist | None, os.stat_result | None]:
         """``uidlist.read``, from memory while the file is unchanged (a private copy: callers
         change what they get)."""
-        cached = self._ul_cache
+        cached = self._mem.uidlist
         if cached is not None:
             try:
                 st = os.stat(self.uidlist_path)
@@ -413,13 +425,13 @@ class MaildirMailbox(Mailbox):
                 return attrs.evolve(cached[1], records=list(cached[1].records),
                                     extra_header=list(cached[1].extra_header)), cached[2]
         ul, st = ulmod.read(self.uidlist_path)
-        self._ul_cache = None
+        self._mem.uidlist = None
         if ul is not None and st is not None:
             self._remember_uidlist(ul, st)
         return ul, st
 
     def _remember_uidlist(self, ul: ulmod.Uidlist, st: os.stat_result) -> None:
-        self._ul_cache = ((st.st_ino, st.st_size, st.st_mtime_ns),
+        self._mem.uidlist = ((st.st_ino, st.st_size, st.st_mtime_ns),
                           attrs.evolve(ul, records=list(ul.records), extra_header=list(ul.extra_header)), st)
 
     # -- change detection --------------------------------------------------------------
@@ -457,7 +469,7 @@ class MaildirMailbox(Mailbox):
         disk, _ = self._disk_stamp()
         saved = self._saved_stamp()
         if saved.get("g") == self._guid and saved.get("v") and (
-            saved.get("disk") == disk or (self._mem_stamp is not None and self._mem_stamp == disk)
+            saved.get("disk") == disk or (self._mem.stamp is not None and self._mem.stamp == disk)
         ):
             return int(saved["v"]), int(saved["n"])  # type: ignore[call-overload]
         return self._rescan()
@@ -563,7 +575,7 @@ class MaildirMailbox(Mailbox):
             # In memory even in the racy window: an entry added in the same tick after our
             # listing is missed by this process only (the persisted stamp is then empty).
             unchanged = disk_now.split(" ")[:2] == disk.split(" ")[:2]
-            self._mem_stamp, self._mem_names = (disk_now, names) if unchanged else (None, None)
+            self._mem.stamp, self._mem.names = (disk_now, names) if unchanged else (None, None)
             return ul.uidvalidity, uidnext
 
     def _dovecot_history(
@@ -610,14 +622,14 @@ class MaildirMailbox(Mailbox):
     def _update_stamp_values(self, uidvalidity: int, uidnext: int) -> None:
         """After our own uidlist change: keep the cached UIDNEXT right, force a rescan."""
         assert self.changes is not None
-        self._mem_stamp = self._mem_names = None
+        self._mem.stamp = self._mem.names = None
         self.changes.commit(stamp=json.dumps({"disk": "", "v": uidvalidity, "n": uidnext, "g": self._guid}))
 
     def _after_own_save(self, uidvalidity: int, uidnext: int, added: set[str]) -> None:
         """After our own save: if cur/ and new/ now hold exactly what we knew plus what we
         added (nobody else wrote meanwhile), the change log is complete and no rescan is
         needed; otherwise (or without knowledge) force one."""
-        known = self._mem_names
+        known = self._mem.names
         if known is None:
             self._update_stamp_values(uidvalidity, uidnext)
             return
@@ -631,7 +643,7 @@ class MaildirMailbox(Mailbox):
             self._update_stamp_values(uidvalidity, uidnext)
             return
         assert self.changes is not None
-        self._mem_stamp, self._mem_names = after, names
+        self._mem.stamp, self._mem.names = after, names
         # Persisted only when outside the racy window (see _disk_stamp).
         disk = "" if (racy or racy_after) else after
         self.changes.commit(stamp=json.dumps({"disk": disk, "v": uidvalidity, "n": uidnext, "g": self._guid}))
