@@ -83,6 +83,12 @@ class MailboxChanges(abc.ABC):
     def entries_by_uid(self, uids: Iterable[int]) -> Iterator[Entry]:
         """The entries of these UIDs that exist, ascending UID."""
 
+    def extras(self) -> dict[str, int]:
+        """Every entry's ``extra`` (the backend's name for the message) -> UID: what a
+        backend compares a directory listing with to find what changed, without building
+        an entry per message."""
+        return {e.extra: e.uid for e in self.entries()}
+
     @abc.abstractmethod
     def expunges(self, since_modseq: int = 0) -> list[ExpungeRecord]:
         """Expunge records above ``since_modseq``, ascending modseq then UID."""
@@ -123,6 +129,11 @@ class ChangeLog(abc.ABC):
     @abc.abstractmethod
     def forget_mailbox(self, guid: str) -> None:
         """Drop the log of a deleted mailbox."""
+
+    def locate(self, guids: Iterable[str]) -> dict[str, tuple[str, int]] | None:
+        """Message GUID -> (mailbox GUID, UID) for these GUIDs, from every mailbox's log;
+        ``None`` when this log cannot answer without reading everything."""
+        return None
 
     @abc.abstractmethod
     def append_mailbox_log(self, records: Iterable[MailboxLogRecord]) -> None:
@@ -166,6 +177,7 @@ CREATE TABLE IF NOT EXISTS msg (
     PRIMARY KEY (mbox, uid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS msg_modseq ON msg (mbox, modseq);
+CREATE INDEX IF NOT EXISTS msg_guid ON msg (guid);
 CREATE TABLE IF NOT EXISTS expunge (
     mbox TEXT NOT NULL,
     uid INTEGER NOT NULL,
@@ -188,6 +200,7 @@ class SqliteChangeLog(ChangeLog):
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._meta_cache: dict[str, tuple[tuple[int, int], MailboxMeta]] = {}
         try:
             if path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -229,6 +242,19 @@ class SqliteChangeLog(ChangeLog):
             db.execute("DELETE FROM expunge WHERE mbox=?", (guid,))
             db.execute("DELETE FROM mailbox WHERE guid=?", (guid,))
 
+    def locate(self, guids: Iterable[str]) -> dict[str, tuple[str, int]] | None:
+        wanted = sorted(set(guids))
+        out: dict[str, tuple[str, int]] = {}
+        with self._lock:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for guid, mbox, uid in self.db.execute(
+                    f"SELECT guid, mbox, uid FROM msg WHERE guid IN ({marks}) ORDER BY mbox, uid", chunk
+                ):
+                    out.setdefault(guid, (mbox, uid))
+        return out
+
     def append_mailbox_log(self, records: Iterable[MailboxLogRecord]) -> None:
         with self._tx() as db:
             db.executemany(
@@ -262,12 +288,20 @@ class _SqliteMailboxChanges(MailboxChanges):
     def meta(self) -> MailboxMeta:
         db = self.log.db
         with self.log._lock:
+            # Counting a big mailbox's rows costs milliseconds and a sync asks often: reuse
+            # the answer while no connection (ours: total_changes; others: data_version) wrote.
+            version = (db.total_changes, db.execute("PRAGMA data_version").fetchone()[0])
+            cached = self.log._meta_cache.get(self.guid)
+            if cached is not None and cached[0] == version:
+                return cached[1]
             row = db.execute("SELECT highestmodseq, stamp FROM mailbox WHERE guid=?", (self.guid,)).fetchone()
             counts = db.execute(
                 "SELECT count(*), coalesce(sum(1 - seen), 0) FROM msg WHERE mbox=?", (self.guid,)
             ).fetchone()
-        hm, stamp = row if row else (0, "")
-        return MailboxMeta(highestmodseq=hm, messages=counts[0], unseen=counts[1], stamp=stamp)
+            hm, stamp = row if row else (0, "")
+            meta = MailboxMeta(highestmodseq=hm, messages=counts[0], unseen=counts[1], stamp=stamp)
+            self.log._meta_cache[self.guid] = (version, meta)
+        return meta
 
     def entries(self, since_modseq: int = 0) -> Iterator[Entry]:
         db = self.log.db
@@ -297,6 +331,10 @@ class _SqliteMailboxChanges(MailboxChanges):
                     )
                 )
         return iter(out)
+
+    def extras(self) -> dict[str, int]:
+        with self.log._lock:
+            return dict(self.log.db.execute("SELECT extra, uid FROM msg WHERE mbox=?", (self.guid,)))
 
     def expunges(self, since_modseq: int = 0) -> list[ExpungeRecord]:
         with self.log._lock:

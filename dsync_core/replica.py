@@ -314,10 +314,15 @@ class LocalReplica(Replica):
         wanted = set(guids)
         if not wanted:
             return {}
+        if not self._names:
+            self.tree()
         if self._guid_index is None:
+            # An index of the storage's own (the change log's), as fresh as the last look at
+            # each mailbox: a stale answer only costs a transfer instead of a local copy.
+            found = self.storage.locate_messages(wanted)
+            if found is not None:
+                return {g: where for g, where in found.items() if where[0] in self._names}
             index: dict[str, tuple[str, int]] = {}
-            if not self._names:
-                self.tree()
             for mbox_guid in list(self._names):
                 try:
                     with self._open(mbox_guid) as mb:

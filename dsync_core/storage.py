@@ -286,6 +286,13 @@ class Storage(abc.ABC):
     def purge(self) -> None:
         """Reclaim space of expunged messages where the format needs it (mdbox)."""
 
+    def locate_messages(self, guids: Iterable[str]) -> dict[str, tuple[str, int]] | None:
+        """Where messages with these GUIDs are: message GUID -> (mailbox GUID, UID), as far
+        as the storage knows without reading every mailbox (an index); ``None`` when it has
+        no such index (the caller then reads the mailboxes). Mailboxes this storage no
+        longer has may appear: callers check the mailbox GUIDs they get."""
+        return None
+
     def sync_marks(self, peer: str) -> dict[str, tuple[int, ...]] | None:
         """What a fast sync with ``peer`` (an opaque key naming the other side and the mode)
         left behind: mailbox GUID -> both sides' counters at its end. ``None`` when this

@@ -50,10 +50,21 @@ def _status_equal(a: MailboxStatus, b: MailboxStatus) -> bool:
     )
 
 
-def _mark(sx: MailboxStatus, sy: MailboxStatus) -> tuple[int, ...]:
-    """Both sides' counters: equal to the last run's mark means neither side changed."""
-    return (sx.uidvalidity, sx.uidnext, sx.messages, sx.highestmodseq,
+def _mark(sx: MailboxStatus, sy: MailboxStatus, common: int | None = None) -> tuple[int, ...]:
+    """Both sides' counters: equal to the last run's mark means neither side changed.
+
+    A run that compared the mailbox and left both sides equal appends the last common UID:
+    such a mark is as good as a state entry, so the next fast run asks each side only for
+    what changed since (a mark from equal counters alone proves nothing and has 8 items)."""
+    base = (sx.uidvalidity, sx.uidnext, sx.messages, sx.highestmodseq,
             sy.uidvalidity, sy.uidnext, sy.messages, sy.highestmodseq)
+    return base if common is None else (*base, common)
+
+
+def _entry_from_mark(g: str, mark: tuple[int, ...] | None) -> StateEntry | None:
+    if mark is None or len(mark) != 9 or mark[0] != mark[4]:
+        return None
+    return StateEntry(g, mark[0], mark[8], mark[3], mark[7], mark[2])
 
 
 class _Run:
@@ -77,6 +88,7 @@ class _Run:
         self._marks: dict[str, tuple[int, ...]] | None = None
         self._new_marks: dict[str, tuple[int, ...]] = {}
         self._looked_at: set[str] = set()
+        self._filtered: set[str] = set()  # mailbox names where a filter held back new mail
 
     # -- state, seen from x/y ---------------------------------------------------------------
     def _xy(self, e: StateEntry) -> StateEntry:
@@ -117,12 +129,12 @@ class _Run:
 
     def _accept_new(self, mailbox: str, record: Any) -> bool:
         req = self.req
-        if req.since is not None and record.internaldate < req.since:
-            return False
-        if req.until is not None and record.internaldate > req.until:
-            return False
-        ok = self.pm.hook.dsync_filter_message(mailbox=mailbox, record=record)
-        return ok is not False
+        ok = not (req.since is not None and record.internaldate < req.since) and not (
+            req.until is not None and record.internaldate > req.until
+        ) and self.pm.hook.dsync_filter_message(mailbox=mailbox, record=record) is not False
+        if not ok:
+            self._filtered.add(mailbox)  # the sides stay different: no mark may say "equal"
+        return ok
 
     # -- safety -----------------------------------------------------------------------------
     def _check_safety(self, tx: TreeSnapshot, ty: TreeSnapshot) -> None:
@@ -217,7 +229,8 @@ class _Run:
         blind to one change on each side."""
         if self._marks is None:
             return _status_equal(sx, sy)
-        return self._marks.get(g) == _mark(sx, sy)
+        mark = self._marks.get(g)
+        return mark is not None and mark[:8] == _mark(sx, sy)
 
     def _sync_mailbox(self, g: str, nx: MailboxNode, ny: MailboxNode) -> None:
         rep, req, mode = self.report, self.req, self.mode
@@ -250,20 +263,22 @@ class _Run:
             ):
                 rep.mailboxes_skipped += 1
                 self._keep(entry)
-                if self._marks is not None and self._marks.get(g) == _mark(sx, sy):
-                    self._new_marks[g] = _mark(sx, sy)
+                if self._unchanged(g, sx, sy) and self._marks is not None:
+                    self._new_marks[g] = self._marks[g]
                 return
-            if sx.highestmodseq < entry.modseq_a or sy.highestmodseq < entry.modseq_b or min(
-                sx.uidnext, sy.uidnext
-            ) <= entry.last_common_uid:
-                entry = None  # stale: the mailbox went backwards; compare it fully
+            entry = self._usable(entry, sx, sy)
         # Equal counters mean "unchanged" only to a fast sync; a stateful run without a usable
         # entry for this mailbox compares it fully (one change on each side can leave them equal).
         if algo is SyncAlgorithm.FAST and entry is None and g not in self._touched and self._unchanged(g, sx, sy):
             rep.mailboxes_skipped += 1
-            self._new_marks[g] = _mark(sx, sy)
+            old = self._marks.get(g) if self._marks is not None else None
+            self._new_marks[g] = old if old is not None and old[:8] == _mark(sx, sy) else _mark(sx, sy)
             self._keep(StateEntry(g, sx.uidvalidity, sx.uidnext - 1, sx.highestmodseq, sy.highestmodseq, sx.messages))
             return
+        if algo is SyncAlgorithm.FAST and g not in self._touched and self._marks is not None and mode is not SyncMode.ONEWAY:
+            # What the last complete run left, as a state: only the changes since are read.
+            # Not for -1: it leaves the destination's own mail unsynced, which a state hides.
+            entry = self._usable(_entry_from_mark(g, self._marks.get(g)), sx, sy)
         policy = Policy(
             mailbox=nx.name,
             resolve_flags=self._resolve_flags,
@@ -271,7 +286,7 @@ class _Run:
             locate_a=self.x.locate,
             locate_b=self.y.locate,
         )
-        plan = self._plan(g, nx, ny, entry if algo is SyncAlgorithm.STATEFUL else None, policy)
+        plan = self._plan(g, nx, ny, entry, policy, sy)
         if plan is None:
             return
         rep.conflicts += plan.conflicts
@@ -291,7 +306,9 @@ class _Run:
         rep.expunged += res.expunged
         rep.unapplied.extend(res.errors)
         if not (res.errors or plan.notes) and res.status_a is not None and res.status_b is not None:
-            self._new_marks[g] = _mark(res.status_a, res.status_b)
+            fa, fb = res.status_a, res.status_b
+            equal = mode is not SyncMode.ONEWAY and nx.name not in self._filtered
+            self._new_marks[g] = _mark(fa, fb, min(plan.next_uid, fa.uidnext, fb.uidnext) - 1 if equal else None)
         if res.errors or plan.notes or mode is SyncMode.ONEWAY:
             # No state entry: the next run compares this mailbox fully. A -1 run leaves the
             # destination's own messages and flag changes unsynced, so an entry (which says
@@ -302,6 +319,17 @@ class _Run:
         assert isinstance(fx, MailboxStatus) and isinstance(fy, MailboxStatus)
         common = min(plan.next_uid, fx.uidnext, fy.uidnext) - 1
         self._keep(StateEntry(g, fx.uidvalidity, common, fx.highestmodseq, fy.highestmodseq, fx.messages))
+
+    @staticmethod
+    def _usable(entry: StateEntry | None, sx: MailboxStatus, sy: MailboxStatus) -> StateEntry | None:
+        """The entry, unless the mailbox went backwards since (stale: compare it fully)."""
+        if entry is None or not (sx.uidvalidity == sy.uidvalidity == entry.uidvalidity):
+            return None
+        if sx.highestmodseq < entry.modseq_a or sy.highestmodseq < entry.modseq_b or min(
+            sx.uidnext, sy.uidnext
+        ) <= entry.last_common_uid:
+            return None
+        return entry
 
     def _fix_uidvalidity(self, g: str, nx: MailboxNode, ny: MailboxNode, sx: MailboxStatus, sy: MailboxStatus) -> None:
         """§4.2: more messages wins, then the higher UIDVALIDITY (backup: the source's)."""
@@ -319,9 +347,18 @@ class _Run:
             self.report.conflicts += 1
         self.report.unapplied.extend(errs)
 
-    def _plan(self, g: str, nx: MailboxNode, ny: MailboxNode, entry: StateEntry | None, policy: Policy) -> MailboxPlan | None:
+    def _plan(self, g: str, nx: MailboxNode, ny: MailboxNode, entry: StateEntry | None, policy: Policy,
+              sy: MailboxStatus) -> MailboxPlan | None:
         x, y, mode = self.x, self.y, self.mode
         if mode is SyncMode.BACKUP:
+            if entry is not None and (sy.highestmodseq, sy.uidnext, sy.messages) == (
+                    entry.modseq_b, entry.last_common_uid + 1, entry.messages):
+                # The destination did not change since it was last made equal: the source's
+                # changes since then are the whole difference (a two-way merge of them
+                # touches only the destination; anything else means: compare fully).
+                plan = self._incremental(g, entry, SyncMode.TWOWAY, policy)
+                if plan is not None and plan.a.empty() and not plan.conflicts and plan.next_uid >= sy.uidnext:
+                    return plan
             vx, vy = View.of(x.changes(g)), View.of(y.changes(g))
             plan = plan_backup(vx, vy, policy)
             if plan.rebuild_b:
@@ -352,19 +389,25 @@ class _Run:
                 plan = plan_backup(vx, vy, policy)
             return plan
         if entry is not None:
-            try:
-                return plan_incremental(
-                    View.of(x.changes(g, entry.modseq_a, entry.last_common_uid)),
-                    View.of(y.changes(g, entry.modseq_b, entry.last_common_uid)),
-                    entry,
-                    lambda uids: x.records(g, uids),
-                    lambda uids: y.records(g, uids),
-                    mode,
-                    policy,
-                )
-            except NeedFullSync:
-                pass
+            plan = self._incremental(g, entry, mode, policy)
+            if plan is not None:
+                return plan
         return plan_full(View.of(x.changes(g)), View.of(y.changes(g)), mode, policy)
+
+    def _incremental(self, g: str, entry: StateEntry, mode: SyncMode, policy: Policy) -> MailboxPlan | None:
+        x, y = self.x, self.y
+        try:
+            return plan_incremental(
+                View.of(x.changes(g, entry.modseq_a, entry.last_common_uid)),
+                View.of(y.changes(g, entry.modseq_b, entry.last_common_uid)),
+                entry,
+                lambda uids: x.records(g, uids),
+                lambda uids: y.records(g, uids),
+                mode,
+                policy,
+            )
+        except NeedFullSync:
+            return None
 
     @staticmethod
     def _inbox_best_effort(plan: MailboxPlan, vx: View, vy: View) -> None:

@@ -418,12 +418,14 @@ class IndexState:
         kind, p = rec.kind, rec.payload
         if kind == lf.T_APPEND:
             self.log_modseq += 1
-            if apply:
-                for i in range(0, len(p) - 7, 8):
-                    uid, flags = struct.unpack_from("<IB", p, i)
-                    if uid not in self.messages and uid >= 1:
-                        self.messages[uid] = Message(uid, flags, set(), self.log_modseq)
-                    struct.pack_into("<I", self.base, OFF_NEXT_UID, max(self.next_uid, uid + 1))
+            if apply and len(p) >= 8:
+                # A bulk append holds thousands of records: one pass, the next UID set once.
+                messages, modseq, top = self.messages, self.log_modseq, 0
+                for uid, flags in struct.iter_unpack("<IB3x", p[: len(p) & ~7]):
+                    if uid not in messages and uid >= 1:
+                        messages[uid] = Message(uid, flags, set(), modseq)
+                    top = max(top, uid)
+                struct.pack_into("<I", self.base, OFF_NEXT_UID, max(self.next_uid, top + 1))
         elif kind in (lf.T_EXPUNGE, lf.T_EXPUNGE_GUID):
             if not rec.external:
                 return  # only a request for the backend; nothing is expunged yet

@@ -325,6 +325,9 @@ class MaildirStorage(DirectoryStorage):
             raise NotFoundError(f"Mailbox doesn't exist: {name}")
         return MaildirMailbox(self, name)
 
+    def locate_messages(self, guids: Iterable[str]) -> dict[str, tuple[str, int]] | None:
+        return self.changelog.locate(guids)
+
     def close(self) -> None:
         self.changelog.close()
         path = os.path.join(self.layout.index_root, CHANGELOG_NAME)
@@ -477,6 +480,9 @@ class MaildirMailbox(Mailbox):
     def _rescan(self) -> tuple[int, int]:
         with self.locked():
             disk, racy = self._disk_stamp()
+            quick = self._rescan_changed(disk, racy)
+            if quick is not None:
+                return quick
             ul, ul_st = self._read_uidlist()
             if ul is None or not ul.guid:
                 self.init_header()
@@ -560,12 +566,13 @@ class MaildirMailbox(Mailbox):
                 upserts.append(Entry(rec.uid, guid, flags, kws, 0, internaldate, size, vsize, extra))
             expunged = [uid for uid in old if uid not in present]
             uidnext = ul.effective_next_uid
+            dl = self._dovecot_log_mark()
             upserts, learnt = self._dovecot_history(ul.uidvalidity, uidnext, upserts, present | set(old))
             disk_now, racy_now = self._disk_stamp()
             # cur/ and new/ as seen before listing; the uidlist/keywords as we left them.
             final = " ".join(disk.split(" ")[:2] + disk_now.split(" ")[2:])
             stamp = json.dumps({"disk": "" if (racy or racy_now) else final, "v": ul.uidvalidity,
-                                "n": uidnext, "g": ul.guid})
+                                "n": uidnext, "g": ul.guid, "ul": self._uidlist_mark(), "dl": dl})
             # Keep HIGHESTMODSEQ at least where Dovecot's own index has it, so that both
             # tools report the same value for a mailbox Dovecot has used (and ours stays above).
             # An empty mailbox Dovecot never saw still has HIGHESTMODSEQ 1 there (a new log's start).
@@ -577,6 +584,169 @@ class MaildirMailbox(Mailbox):
             unchanged = disk_now.split(" ")[:2] == disk.split(" ")[:2]
             self._mem.stamp, self._mem.names = (disk_now, names) if unchanged else (None, None)
             return ul.uidvalidity, uidnext
+
+    def _uidlist_mark(self) -> list[int] | None:
+        """(inode, size) of dovecot-uidlist: every record up to there is in the change log
+        (or its file was gone), so the next rescan reads only what was appended since."""
+        try:
+            st = os.stat(self.uidlist_path)
+        except FileNotFoundError:
+            return None
+        return [st.st_ino, st.st_size]
+
+    def _dovecot_log_mark(self) -> list[int] | None:
+        """(inode, size) of Dovecot's transaction log as a rescan read it: while it stays the
+        same, Dovecot recorded nothing that a rescan would take from it."""
+        try:
+            st = os.stat(self.dovecot.log_path)
+        except FileNotFoundError:
+            return None
+        return [st.st_ino, st.st_size]
+
+    def _rescan_changed(self, disk: str, racy: bool) -> tuple[int, int] | None:
+        """Rescan by difference: compare the listing of cur/ and new/ with the file names the
+        change log holds, and read only what was appended to dovecot-uidlist since the last
+        scan, so that the cost follows what changed (plus one listing), not the mailbox size.
+
+        None when that is not possible (no record of the last scan, the uidlist rewritten,
+        a file the log does not know that the uidlist already lists, a duplicate base
+        name): the caller rescans fully. Call with the uidlist lock held."""
+        assert self.changes is not None
+        saved = self._saved_stamp()
+        mark = saved.get("ul")
+        if saved.get("g") != self._guid or not saved.get("v") or not (isinstance(mark, list) and len(mark) == 2):
+            return None
+        uidvalidity, uidnext = int(saved["v"]), int(saved["n"])  # type: ignore[call-overload]
+        ul_ino, ul_size = int(mark[0]), int(mark[1])
+        try:
+            with open(self.uidlist_path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != ul_ino or st.st_size < ul_size:
+                    return None  # rewritten (a new UIDVALIDITY, compaction, ...): read it whole
+                f.seek(ul_size)
+                grown = f.read(st.st_size - ul_size)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"Cannot read {self.uidlist_path}: {e.strerror}") from None
+        grown = grown[: grown.rfind(b"\n") + 1]
+        tail = ulmod.parse_tail(grown, 3, 0, self.uidlist_path) if grown else []
+        if tail is None:
+            return None
+        if tail:
+            uidnext = max(uidnext, tail[-1].uid + 1)
+        names: set[str] = set()
+        for sub in ("new", "cur"):
+            with contextlib.suppress(FileNotFoundError), os.scandir(os.path.join(self.dir, sub)) as it:
+                names.update(f"{sub}/{e.name}" for e in it)
+        known = self.changes.extras()
+        gone = known.keys() - names
+        added = sorted(names - known.keys())
+        upserts: list[Entry] = []
+        expunged: list[int] = []
+        new_uids: set[int] = set()
+        if gone or added:
+            gone_by_base: dict[str, int] = {}
+            for x in gone:
+                mn = fn.parse_name(x.partition("/")[2])
+                gone_by_base[mn.base if mn is not None else x] = known[x]
+            prev = {e.uid: e for e in self.changes.entries_by_uid(gone_by_base.values())}
+            in_tail = {r.base: r for r in tail}
+            kw, _ = kwmod.read(self.keywords_path)
+            fresh: list[tuple[str, fn.MaildirName]] = []  # files without a UID yet
+            bases: set[str] = set()
+            for x in added:
+                sub, _, name = x.partition("/")
+                mn = fn.parse_name(name)
+                if mn is None:
+                    continue
+                if mn.base in bases:
+                    return None  # the same message twice: the full rescan warns and picks one
+                bases.add(mn.base)
+                letters = mn.letters
+                flags, kws = fn.flags_from_letters(letters), kw.names_for(fn.keyword_indexes(letters))
+                uid = gone_by_base.pop(mn.base, None)
+                if uid is not None:  # renamed: new flags (or moved from new/ to cur/)
+                    old = prev.get(uid)
+                    if old is None:
+                        return None
+                    upserts.append(Entry(uid, old.guid, flags, kws, 0, old.internaldate, old.size, old.vsize, x))
+                    continue
+                rec = in_tail.get(mn.base)
+                if rec is None:
+                    fresh.append((sub, mn))
+                    continue
+                e = self._new_entry(rec.uid, rec.guid or rec.base, sub, mn, flags, kws)
+                if e is None:
+                    racy = True
+                    continue
+                upserts.append(e)
+                new_uids.add(rec.uid)
+            if fresh:
+                if self._uidlist_lists(ul_size, [mn.base for _, mn in fresh]):
+                    return None
+                fresh.sort(key=lambda f: fn.new_file_sort_key(f[1].base))
+                records = []
+                for sub, mn in fresh:
+                    records.append(ulmod.UidlistRecord(uidnext, mn.base))
+                    letters = mn.letters
+                    e = self._new_entry(uidnext, mn.base, sub, mn, fn.flags_from_letters(letters),
+                                        kw.names_for(fn.keyword_indexes(letters)))
+                    if e is None:
+                        racy = True
+                    else:
+                        upserts.append(e)
+                        new_uids.add(uidnext)
+                    uidnext += 1
+                stub = ulmod.Uidlist(uidvalidity=uidvalidity, next_uid=uidnext,
+                                     records=[ulmod.UidlistRecord(records[0].uid - 1, "")])
+                ulmod.append(self.uidlist_path, stub, records, fsync=self.storage.fsync)
+            expunged = list(gone_by_base.values())
+        dl = saved.get("dl")
+        learnt: list[ExpungeRecord] = []
+        if (upserts or expunged) and dl != self._dovecot_log_mark():
+            dl = self._dovecot_log_mark()
+            upserts, learnt = self._dovecot_history(uidvalidity, uidnext, upserts, set(known.values()) | new_uids)
+        disk_now, racy_now = self._disk_stamp()
+        final = " ".join(disk.split(" ")[:2] + disk_now.split(" ")[2:])
+        stamp = json.dumps({"disk": "" if (racy or racy_now) else final, "v": uidvalidity, "n": uidnext,
+                            "g": self._guid, "ul": self._uidlist_mark(), "dl": dl})
+        min_modseq = 0
+        if upserts or expunged or learnt:
+            min_modseq = dovecot_index.highest_modseq(self.storage.layout.index_dir(self.name)) or 1
+        self.changes.commit(upserts=upserts, expunged=expunged, stamp=stamp, min_modseq=min_modseq,
+                            known_expunges=learnt)
+        unchanged = disk_now.split(" ")[:2] == disk.split(" ")[:2]
+        self._mem.stamp, self._mem.names = (disk_now, names) if unchanged else (None, None)
+        self.header_uidvalidity = uidvalidity
+        return uidvalidity, uidnext
+
+    def _new_entry(self, uid: int, guid: str, sub: str, mn: fn.MaildirName, flags: frozenset[str],
+                   kws: frozenset[str]) -> Entry | None:
+        """An entry for a file first seen now (None: it vanished while we looked)."""
+        try:
+            st = os.stat(os.path.join(self.dir, sub, mn.name))
+        except FileNotFoundError:
+            return None
+        size = mn.size if mn.size is not None else st.st_size
+        return Entry(uid, guid, flags, kws, 0, int(st.st_mtime), size, mn.vsize, f"{sub}/{mn.name}")
+
+    def _uidlist_lists(self, upto: int, bases: list[str]) -> bool:
+        """Whether dovecot-uidlist's first ``upto`` bytes hold a record of one of ``bases``
+        (a byte search: a few files need not cost a parse of the whole list)."""
+        if len(bases) > 64:
+            return True  # many: a full rescan is as cheap
+        with open(self.uidlist_path, "rb") as f:
+            head = f.read(upto)
+        for base in bases:
+            needle = b":" + base.encode("utf-8", "surrogateescape")
+            at = head.find(needle)
+            while at >= 0:
+                end = at + len(needle)
+                if (at == 0 or head[at - 1:at] == b" ") and head[end:end + 1] in (b"\n", b":"):
+                    return True
+                at = head.find(needle, at + 1)
+        return False
 
     def _dovecot_history(
         self, uidvalidity: int, uidnext: int, upserts: list[Entry], known: set[int]
@@ -623,12 +793,21 @@ class MaildirMailbox(Mailbox):
         """After our own uidlist change: keep the cached UIDNEXT right, force a rescan."""
         assert self.changes is not None
         self._mem.stamp = self._mem.names = None
-        self.changes.commit(stamp=json.dumps({"disk": "", "v": uidvalidity, "n": uidnext, "g": self._guid}))
+        self.changes.commit(stamp=self._stamp("", uidvalidity, uidnext))
 
-    def _after_own_save(self, uidvalidity: int, uidnext: int, added: set[str]) -> None:
-        """After our own save: if cur/ and new/ now hold exactly what we knew plus what we
-        added (nobody else wrote meanwhile), the change log is complete and no rescan is
-        needed; otherwise (or without knowledge) force one."""
+    def _stamp(self, disk: str, uidvalidity: int, uidnext: int) -> str:
+        """A stamp after our own change: what the last scan knew of the uidlist and of
+        Dovecot's log stays true (our change is in the change log already), unless the
+        uidlist was replaced (then the mark no longer matches and a full rescan follows)."""
+        saved = self._saved_stamp()
+        keep = {k: saved[k] for k in ("ul", "dl") if k in saved} if saved.get("g") == self._guid else {}
+        return json.dumps({"disk": disk, "v": uidvalidity, "n": uidnext, "g": self._guid, **keep})
+
+    def _after_own_save(self, uidvalidity: int, uidnext: int, added: set[str], removed: frozenset[str] = frozenset()) -> None:
+        """After our own save (or rename, or unlink): if cur/ and new/ now hold exactly what
+        we knew plus what we added minus what we removed (nobody else wrote meanwhile), the
+        change log is complete and no rescan is needed; otherwise (or without knowledge)
+        force one."""
         known = self._mem.names
         if known is None:
             self._update_stamp_values(uidvalidity, uidnext)
@@ -639,14 +818,14 @@ class MaildirMailbox(Mailbox):
             with contextlib.suppress(FileNotFoundError), os.scandir(os.path.join(self.dir, sub)) as it:
                 names.update(f"{sub}/{e.name}" for e in it)
         after, racy_after = self._disk_stamp()
-        if before != after or names != known | added:
+        if before != after or names != (known - removed) | added:
             self._update_stamp_values(uidvalidity, uidnext)
             return
         assert self.changes is not None
         self._mem.stamp, self._mem.names = after, names
         # Persisted only when outside the racy window (see _disk_stamp).
         disk = "" if (racy or racy_after) else after
-        self.changes.commit(stamp=json.dumps({"disk": disk, "v": uidvalidity, "n": uidnext, "g": self._guid}))
+        self.changes.commit(stamp=self._stamp(disk, uidvalidity, uidnext))
 
     def tell_dovecot(
         self,
@@ -1010,6 +1189,12 @@ class MaildirMailbox(Mailbox):
                     present={u.uid: (u.flags, u.keywords) for u in upserts},
                 )
             self.changes.commit(upserts=upserts, min_modseq=dovecot_modseq)
+            renamed = [(current[u.uid].extra, u.extra) for u in upserts if u.extra != current[u.uid].extra]
+            saved = self._saved_stamp()
+            if renamed and saved.get("v") and saved.get("g") == self._guid:
+                # What we renamed is in the change log: spare the next look a rescan.
+                self._after_own_save(int(saved["v"]), int(saved["n"]),  # type: ignore[call-overload]
+                                     {new for _, new in renamed}, frozenset(old for old, _ in renamed))
             return list(self.records_by_uid_nolock([u.uid for u in upserts]))
 
     def records_by_uid_nolock(self, uids: list[int]) -> Iterator[MessageRecord]:

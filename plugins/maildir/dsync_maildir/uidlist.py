@@ -121,9 +121,30 @@ def parse(data: bytes, path: str = FILENAME) -> Uidlist:
     if not ul.guid:
         ul.needs_rewrite = True
 
-    last = 0
+    _parse_records(ul, lines[1:], path, 2, 0)
+    return ul
+
+
+def parse_tail(data: bytes, version: int, last_uid: int, path: str = FILENAME) -> list[UidlistRecord] | None:
+    """Records appended after a known point (``data``: the file from there on, whole lines).
+
+    Appends never touch the header, so a reader that knew the file up to some size reads
+    only what grew. ``None`` when the text is not plain appended records above ``last_uid``
+    (the caller then reads the whole file)."""
+    text = data.decode("utf-8", "surrogateescape")
+    lines = text.split("\n")
+    lines.pop()
+    ul = Uidlist(version=version)
+    try:
+        _parse_records(ul, lines, path, 0, last_uid)
+    except CorruptError:
+        return None
+    return None if ul.needs_rewrite else ul.records
+
+
+def _parse_records(ul: Uidlist, lines: list[str], path: str, first_lineno: int, last: int) -> None:
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines[1:], start=2):
+    for lineno, line in enumerate(lines, start=first_lineno):
         if not line:
             raise _bad(path, lineno, "empty line")
         uid_s, sp, rest = line.partition(" ")
@@ -160,7 +181,6 @@ def parse(data: bytes, path: str = FILENAME) -> Uidlist:
         seen[base] = uid
         ul.records.append(UidlistRecord(uid, base, fields))
         last = uid
-    return ul
 
 
 def read(path: str) -> tuple[Uidlist | None, os.stat_result | None]:
@@ -251,4 +271,4 @@ def append(path: str, ul: Uidlist, records: Iterable[UidlistRecord], *, fsync: b
     ul.records.extend(new)
 
 
-__all__ = ["Uidlist", "UidlistRecord", "parse", "read", "read_header", "rewrite", "append", "FILENAME"]
+__all__ = ["Uidlist", "UidlistRecord", "parse", "parse_tail", "read", "read_header", "rewrite", "append", "FILENAME"]
