@@ -13,6 +13,7 @@ broken file is never guessed at: reading raises :class:`CorruptError` naming the
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -121,8 +122,45 @@ def parse(data: bytes, path: str = FILENAME) -> Uidlist:
     if not ul.guid:
         ul.needs_rewrite = True
 
-    _parse_records(ul, lines[1:], path, 2, 0)
+    if not (ul.version == 3 and _parse_plain_records(ul, text, len(lines) - 1)):
+        ul.records = []
+        _parse_records(ul, lines[1:], path, 2, 0)
     return ul
+
+
+# A well-formed version 3 record: "<uid>[ <K><value>]... :<name>". Big lists are nearly
+# always all well-formed: one regex pass reads them several times faster than the
+# line-by-line parser, which still handles (and reports) everything else.
+_PLAIN_RECORD = re.compile(r"^([1-9][0-9]*)((?: [A-Z][^ \n]*)*) :([^:/\n][^/\n]*)$", re.M)
+
+
+def _parse_plain_records(ul: Uidlist, text: str, expected: int) -> bool:
+    """Fill ``ul.records`` from ``text`` (the whole file) when every record line is plain
+    and in order; False (records left partial) at the first thing needing the full parser."""
+    pos = text.find("\n") + 1
+    end = text.rfind("\n") + 1  # text after the last LF: an append in progress, ignored
+    records: list[UidlistRecord] = []
+    seen: set[str] = set()
+    last = 0
+    for m in _PLAIN_RECORD.finditer(text, pos, end):
+        if m.start() != pos:
+            return False  # a line the regex skipped: not plain
+        pos = m.end() + 1
+        uid = int(m.group(1))
+        base = m.group(3).partition(":")[0]
+        if uid <= last or base in seen:
+            return False
+        fstr = m.group(2)
+        fields = {f[0]: f[1:] for f in fstr[1:].split(" ")} if fstr else {}
+        if "G" in fields and not fields["G"]:
+            return False
+        seen.add(base)
+        records.append(UidlistRecord(uid, base, fields))
+        last = uid
+    if pos != end or len(records) != expected:
+        return False
+    ul.records = records
+    return True
 
 
 def parse_tail(data: bytes, version: int, last_uid: int, path: str = FILENAME) -> list[UidlistRecord] | None:

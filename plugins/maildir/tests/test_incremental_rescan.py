@@ -1,0 +1,195 @@
+"""A rescan after a change reads what changed: it compares one listing of cur/ and new/
+with the change log and reads only what was appended to dovecot-uidlist. These tests
+change a Maildir behind the storage's back (as an MUA or MDA would) and check that the
+result equals what a full rescan from nothing finds, and that the cheap path was taken."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+
+import pytest
+from dsync_maildir import storage as maildir_storage
+
+from dsync_core.api import open_storage
+from dsync_core.model import SaveRequest
+from dsync_core.settings import Settings
+
+MSG = b"From: a@example.com\nSubject: %d\nMessage-ID: <%d@example.com>\n\nbody %d\n"
+
+
+def age(path: str, seconds: int = 10) -> None:
+    t = time.time() - seconds
+    for p in ("cur", "new", "dovecot-uidlist", "dovecot-keywords"):
+        full = os.path.join(path, p)
+        if os.path.exists(full):
+            os.utime(full, (t, t))
+
+
+def snapshot(root: str, fresh_index: str | None = None) -> list[tuple[int, str, frozenset[str], frozenset[str]]]:
+    """(uid, guid, flags, keywords) of INBOX, read by a new storage object (own index dir
+    when ``fresh_index`` is given: a full scan from nothing)."""
+    loc = f"maildir:{root}" + (f":INDEX={fresh_index}" if fresh_index else "")
+    st = open_storage(loc, Settings())
+    try:
+        with st.open_mailbox("INBOX") as mb:
+            return [(r.uid, r.guid, r.flags, r.keywords) for r in mb.records()]
+    finally:
+        st.close()
+
+
+@pytest.fixture
+def filled(tmp_path):  # type: ignore[no-untyped-def]
+    root = str(tmp_path / "Maildir")
+    st = open_storage(f"maildir:{root}", Settings())
+    with st.open_mailbox("INBOX") as mb:
+        mb.save([SaveRequest(io.BytesIO(MSG % (i, i, i))) for i in range(30)])
+        mb.status()
+    st.close()
+    age(root)
+    snapshot(root)  # a scan outside the racy window: its stamp is kept
+    return root
+
+
+@pytest.fixture
+def count_paths(monkeypatch):  # type: ignore[no-untyped-def]
+    """Counts full and incremental rescans."""
+    calls = {"full": 0, "quick": 0}
+    orig_read = maildir_storage.MaildirMailbox._read_uidlist
+    orig_quick = maildir_storage.MaildirMailbox._rescan_changed
+
+    def read(self):  # type: ignore[no-untyped-def]
+        calls["full"] += 1
+        return orig_read(self)
+
+    def quick(self, disk, racy):  # type: ignore[no-untyped-def]
+        out = orig_quick(self, disk, racy)
+        if out is not None:
+            calls["quick"] += 1
+        return out
+
+    monkeypatch.setattr(maildir_storage.MaildirMailbox, "_read_uidlist", read)
+    monkeypatch.setattr(maildir_storage.MaildirMailbox, "_rescan_changed", quick)
+    return calls
+
+
+def _mua_changes(root: str) -> tuple[str, str]:
+    """Flag one message, move one from new/ to cur/, delete one, deliver one."""
+    new = sorted(os.listdir(os.path.join(root, "new")))
+    os.rename(os.path.join(root, "new", new[0]), os.path.join(root, "cur", new[0] + ":2,S"))
+    os.rename(os.path.join(root, "new", new[1]), os.path.join(root, "cur", new[1] + ":2,FT"))
+    os.unlink(os.path.join(root, "new", new[2]))
+    name = "1700000000.M1P1.mda.example.org"
+    with open(os.path.join(root, "tmp", name), "wb") as f:
+        f.write(MSG % (99, 99, 99))
+    os.rename(os.path.join(root, "tmp", name), os.path.join(root, "new", name))
+    return new[2], name
+
+
+def test_outside_changes_found_without_a_full_rescan(filled, tmp_path, count_paths) -> None:  # type: ignore[no-untyped-def]
+    gone, delivered = _mua_changes(filled)
+    got = snapshot(filled)
+    assert count_paths == {"full": 0, "quick": 1}
+    assert got == snapshot(filled, str(tmp_path / "fresh-index"))  # what a scan from nothing finds
+    by_guid = {g: (u, f) for u, g, f, _k in got}
+    assert gone not in by_guid and len(got) == 30
+    assert by_guid[delivered][0] == 31  # the next UID, appended to dovecot-uidlist
+    assert sum(1 for _u, _g, f, _k in got if f == frozenset({"\\Seen"})) == 1
+    with open(os.path.join(filled, "dovecot-uidlist")) as f:
+        assert f.read().splitlines()[-1].endswith(":" + delivered)
+
+
+def test_uids_dovecot_appended_are_taken(filled, count_paths) -> None:  # type: ignore[no-untyped-def]
+    """A file Dovecot gave a UID (appended to the uidlist) keeps that UID."""
+    name = "1700000001.M2P2.dovecot.example.org"
+    with open(os.path.join(filled, "tmp", name), "wb") as f:
+        f.write(MSG % (7, 7, 7))
+    with open(os.path.join(filled, "dovecot-uidlist"), "a") as f:
+        f.write(f"40 G0123456789abcdef0123456789abcdef :{name}\n")
+    os.rename(os.path.join(filled, "tmp", name), os.path.join(filled, "new", name))
+    got = {g: u for u, g, _f, _k in snapshot(filled)}
+    assert got["0123456789abcdef0123456789abcdef"] == 40
+    assert count_paths["full"] == 0
+
+
+def test_unknown_file_the_uidlist_lists_forces_a_full_rescan(filled, count_paths) -> None:  # type: ignore[no-untyped-def]
+    """A file the change log has never seen but the uidlist already lists (e.g. it was
+    away during the last scan) must keep its UID: the cheap path gives way."""
+    with open(os.path.join(filled, "dovecot-uidlist")) as f:
+        first = f.read().splitlines()[1]
+    base = first.rsplit(":", 1)[1]
+    path = os.path.join(filled, "new", base)
+    os.rename(path, path + ".away")
+    age(filled, 20)
+    before = {g: u for u, g, _f, _k in snapshot(filled)}
+    assert base not in before
+    os.rename(path + ".away", path)
+    count_paths.update(full=0, quick=0)
+    after = {g: u for u, g, _f, _k in snapshot(filled)}
+    assert after[base] == int(first.split(" ", 1)[0])
+    assert count_paths["full"] == 1
+
+
+def test_rewritten_uidlist_means_a_full_rescan(filled, count_paths) -> None:  # type: ignore[no-untyped-def]
+    path = os.path.join(filled, "dovecot-uidlist")
+    with open(path) as f:
+        text = f.read()
+    os.unlink(path)
+    with open(path, "w") as f:  # a new inode, as Dovecot's rewrite through .tmp gives
+        f.write(text)
+    os.rename(os.path.join(filled, "new", sorted(os.listdir(os.path.join(filled, "new")))[0]),
+              os.path.join(filled, "cur", sorted(os.listdir(os.path.join(filled, "new")))[0] + ":2,S"))
+    got = snapshot(filled)
+    assert count_paths["full"] == 1 and count_paths["quick"] == 0
+    assert len(got) == 30 and sum(1 for g in got if "\\Seen" in g[2]) == 1
+
+
+def test_stamp_records_the_uidlist_and_dovecot_log(filled) -> None:  # type: ignore[no-untyped-def]
+    st = open_storage(f"maildir:{filled}", Settings())
+    try:
+        with st.open_mailbox("INBOX") as mb:
+            mb.status()
+            stamp = json.loads(mb.changes.meta().stamp)  # type: ignore[union-attr]
+    finally:
+        st.close()
+    s = os.stat(os.path.join(filled, "dovecot-uidlist"))
+    assert stamp["ul"] == [s.st_ino, s.st_size]
+
+
+# -- dovecot-uidlist: the one-pass parser agrees with the line parser ---------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+from dsync_maildir import uidlist as ulmod  # noqa: E402
+
+_line = hs.tuples(
+    hs.integers(0, 60),
+    hs.lists(hs.sampled_from(["G0123456789abcdef0123456789abcdef", "G", "K1", "x", "", "W12"]), max_size=2),
+    hs.sampled_from(["1.M1P1.h", "2.M2P2.h", "3.M3P3.h:2,S", "a/b", ":x", "4.M4.h", "5.M5.h\r"]),
+)
+
+
+@given(hs.lists(_line, max_size=12), hs.booleans())
+def test_fast_uidlist_parse_equals_the_line_parser(lines, torn) -> None:  # type: ignore[no-untyped-def]
+    text = "3 V5 N9 G0123456789abcdef0123456789abcdef\n" + "".join(
+        f"{uid}{''.join(' ' + f for f in fields)} :{name}\n" for uid, fields, name in lines
+    ) + ("7 :torn" if torn else "")
+    data = text.encode()
+    try:
+        fast = ulmod.parse(data)
+    except Exception as e:  # noqa: BLE001
+        fast = type(e).__name__ + str(e)
+    slow_ul = ulmod.Uidlist()
+    try:
+        head = ulmod.parse(text.split("\n", 1)[0].encode() + b"\n")
+        slow_ul = head
+        body = text.split("\n")[1:]
+        body.pop()
+        ulmod._parse_records(slow_ul, body, ulmod.FILENAME, 2, 0)
+        slow: object = slow_ul
+    except Exception as e:  # noqa: BLE001
+        slow = type(e).__name__ + str(e)
+    assert fast == slow
