@@ -12,6 +12,9 @@ import time
 
 import pytest
 from dsync_maildir import storage as maildir_storage
+from dsync_maildir import uidlist as ulmod
+from hypothesis import given
+from hypothesis import strategies as hs
 
 from dsync_core.api import open_storage
 from dsync_core.model import SaveRequest
@@ -159,11 +162,6 @@ def test_stamp_records_the_uidlist_and_dovecot_log(filled) -> None:  # type: ign
 
 
 # -- dovecot-uidlist: the one-pass parser agrees with the line parser ---------------------
-
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as hs  # noqa: E402
-
-from dsync_maildir import uidlist as ulmod  # noqa: E402
 
 _line = hs.tuples(
     hs.integers(0, 60),
