@@ -82,6 +82,18 @@ def _new_guid() -> str:
     return secrets.token_hex(16)
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _names_digest(names: Iterable[str]) -> int:
+    """An order-free digest of a set of names (the sum of their hashes): what a process
+    remembers of a directory listing instead of the names (constant memory), updated by
+    adding and subtracting the hashes of names added and removed. Python's string hash is
+    keyed per process, so nobody can choose names that collide; the digest never leaves
+    the process."""
+    return sum(map(hash, names)) & _MASK64
+
+
 class _MailboxMemory:
     """What this process knows of one mailbox beyond its change log."""
 
@@ -92,7 +104,7 @@ class _MailboxMemory:
         # "sub/name"), so that our own saves need not rescan after each batch. In memory
         # only: a stamp taken in the racy window is never persisted.
         self.stamp: str | None = None
-        self.names: set[str] | None = None
+        self.names: int | None = None  # _names_digest of that listing
         # The last dovecot-uidlist parsed, by (inode, size, mtime): batches of saves read it
         # again and again, and parsing 100k lines each time would make a sync quadratic.
         self.uidlist: tuple[tuple[int, int, int], ulmod.Uidlist, os.stat_result] | None = None
@@ -582,7 +594,7 @@ class MaildirMailbox(Mailbox):
             # In memory even in the racy window: an entry added in the same tick after our
             # listing is missed by this process only (the persisted stamp is then empty).
             unchanged = disk_now.split(" ")[:2] == disk.split(" ")[:2]
-            self._mem.stamp, self._mem.names = (disk_now, names) if unchanged else (None, None)
+            self._mem.stamp, self._mem.names = (disk_now, _names_digest(names)) if unchanged else (None, None)
             return ul.uidvalidity, uidnext
 
     def _uidlist_mark(self) -> list[int] | None:
@@ -717,7 +729,7 @@ class MaildirMailbox(Mailbox):
         self.changes.commit(upserts=upserts, expunged=expunged, stamp=stamp, min_modseq=min_modseq,
                             known_expunges=learnt)
         unchanged = disk_now.split(" ")[:2] == disk.split(" ")[:2]
-        self._mem.stamp, self._mem.names = (disk_now, names) if unchanged else (None, None)
+        self._mem.stamp, self._mem.names = (disk_now, _names_digest(names)) if unchanged else (None, None)
         self.header_uidvalidity = uidvalidity
         return uidvalidity, uidnext
 
@@ -813,16 +825,18 @@ class MaildirMailbox(Mailbox):
             self._update_stamp_values(uidvalidity, uidnext)
             return
         before, racy = self._disk_stamp()
-        names: set[str] = set()
+        digest = 0
         for sub in ("new", "cur"):
-            with contextlib.suppress(FileNotFoundError), os.scandir(os.path.join(self.dir, sub)) as it:
-                names.update(f"{sub}/{e.name}" for e in it)
+            with contextlib.suppress(FileNotFoundError):
+                prefix = sub + "/"
+                digest += _names_digest(prefix + n for n in os.listdir(os.path.join(self.dir, sub)))
         after, racy_after = self._disk_stamp()
-        if before != after or names != (known - removed) | added:
+        expected = known + _names_digest(added) - _names_digest(removed)
+        if before != after or (digest & _MASK64) != (expected & _MASK64):
             self._update_stamp_values(uidvalidity, uidnext)
             return
         assert self.changes is not None
-        self._mem.stamp, self._mem.names = after, names
+        self._mem.stamp, self._mem.names = after, digest & _MASK64
         # Persisted only when outside the racy window (see _disk_stamp).
         disk = "" if (racy or racy_after) else after
         self.changes.commit(stamp=self._stamp(disk, uidvalidity, uidnext))
