@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -151,7 +152,10 @@ def _flags_str(flags: frozenset[str]) -> str:
     return " ".join(sorted(flags))
 
 
+@functools.lru_cache(maxsize=4096)
 def _flags_set(text: str) -> frozenset[str]:
+    # Shared: a mailbox has few distinct flag sets, and one frozenset per message would
+    # cost 200 bytes each (records of big mailboxes are held while a sync plans).
     return frozenset(text.split()) if text else frozenset()
 
 

@@ -93,7 +93,8 @@ class Extension:
 class Message:
     uid: int
     flags: int
-    keywords: set[str] = attrs.field(factory=set)
+    # Immutable and shared when empty: a set per message cost 200 bytes x every message.
+    keywords: frozenset[str] = frozenset()
     modseq: int = 0
 
 
@@ -369,7 +370,7 @@ class IndexState:
                     continue
                 raw = data[roff + rec_off : roff + rec_off + ext.record_size]
                 if ext.name == EXT_KEYWORDS:
-                    msg.keywords = {k for j, k in enumerate(self.keywords) if raw[j // 8] >> (j % 8) & 1}
+                    msg.keywords = frozenset(k for j, k in enumerate(self.keywords) if raw[j // 8] >> (j % 8) & 1)
                 elif ext.name == EXT_MODSEQ:
                     msg.modseq = struct.unpack_from("<Q", raw, 0)[0]
                 elif ext.name != "cache":
@@ -423,7 +424,7 @@ class IndexState:
                 messages, modseq, top = self.messages, self.log_modseq, 0
                 for uid, flags in struct.iter_unpack("<IB3x", p[: len(p) & ~7]):
                     if uid not in messages and uid >= 1:
-                        messages[uid] = Message(uid, flags, set(), modseq)
+                        messages[uid] = Message(uid, flags, frozenset(), modseq)
                     top = max(top, uid)
                 struct.pack_into("<I", self.base, OFF_NEXT_UID, max(self.next_uid, top + 1))
         elif kind in (lf.T_EXPUNGE, lf.T_EXPUNGE_GUID):
@@ -472,9 +473,9 @@ class IndexState:
                     for uid in self._uids_in(u1, u2):
                         m = self.messages[uid]
                         if modify == 0:
-                            m.keywords.add(name)
+                            m.keywords = m.keywords | {name}
                         else:
-                            m.keywords.discard(name)
+                            m.keywords = m.keywords - {name}
                         m.modseq = self.log_modseq
         elif kind == lf.T_KEYWORD_RESET:
             self.log_modseq += 1
@@ -483,7 +484,7 @@ class IndexState:
                     u1, u2 = struct.unpack_from("<II", p, i)
                     for uid in self._uids_in(u1, u2):
                         m = self.messages[uid]
-                        m.keywords.clear()
+                        m.keywords = frozenset()
                         m.modseq = self.log_modseq
         elif kind == lf.T_MODSEQ_UPDATE:
             for i in range(0, len(p) - 11, 12):

@@ -7,6 +7,7 @@ anything unknown) are kept when flags change, as Dovecot does.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -72,6 +73,7 @@ def base_field(base: str, key: str) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def flags_from_letters(letters: str) -> frozenset[str]:
     return frozenset(LETTER_TO_FLAG[c] for c in letters if c in LETTER_TO_FLAG)
 
