@@ -129,3 +129,36 @@ def _only_marks(storage) -> tuple[str, dict[str, tuple[int, ...]]]:  # type: ign
     marks = storage.sync_marks(key)
     assert marks is not None
     return key, marks
+
+
+@pytest.mark.parametrize("mode", [SyncMode.TWOWAY, SyncMode.BACKUP, SyncMode.ONEWAY])
+def test_first_copy_of_a_big_mailbox_goes_window_by_window(pair, mode: SyncMode, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Into an empty mailbox, records are read and copied a window at a time (memory
+    flat in the mailbox size); the result is what a whole-mailbox plan gives."""
+    import importlib
+
+    from test_engine_helpers import expunge
+
+    sync_module = importlib.import_module("dsync_core.sync")  # the module, not the function
+    a, b = pair
+    monkeypatch.setattr(sync_module, "COPY_WINDOW", 7)
+    set_flags(a, "INBOX", 3, add={"\\Seen"}, add_kw={"work"})
+    expunge(a, "INBOX", 8, 9, 10, 11, 12, 13, 14, 15, N)  # a whole window without messages, and the last UID
+    ra, rb = Counting(a), Counting(b)
+    windows: list[int] = []
+    orig = LocalReplica.records
+
+    def records(self, guid, uids):  # type: ignore[no-untyped-def]
+        uids = list(uids)
+        windows.append(len(uids))
+        return orig(self, guid, uids)
+
+    monkeypatch.setattr(LocalReplica, "records", records)
+    report = sync(ra, rb, mode=mode)
+    assert not report.unapplied and report.messages_copied == N - 9
+    assert ra.read == 0 and max(windows) <= 7  # never the whole mailbox at once
+    assert snapshot(a) == snapshot(b)
+    assert status(b, "INBOX").uidnext == status(a, "INBOX").uidnext == N + 1
+    assert messages(b, "INBOX")[2][2:] == ({"\\Seen"}, {"work"})
+    again = sync(a, b, mode=mode)
+    assert again.messages_copied == 0 and not again.unapplied
