@@ -1,4 +1,4 @@
-"""doveadm's mail commands: ``mailbox ...``, ``save``, ``fetch``, ``flags``, ``expunge``.
+"""doveadm's mail commands: ``mailbox ...``, ``save``, ``fetch``, ``flags``, ``expunge``, ``purge``.
 
 Each works on the mail of one user (``-u USER``, default the invoking user) at the
 location ``-o mail_location=...`` names, and prints through doveadm's formatters.
@@ -93,6 +93,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("-d", dest="delete_empty", action="store_true", help="delete mailboxes left empty")
     p.add_argument("query", nargs=argparse.REMAINDER, metavar="SEARCH")
     p.set_defaults(func=cmd_expunge)
+
+    p = sub.add_parser("purge", help="reclaim the space of expunged messages (mdbox; nothing to do elsewhere)")
+    _user_opts(p)
+    p.set_defaults(func=cmd_purge)
 
 
 def _user_opts(p: argparse.ArgumentParser) -> None:
@@ -515,5 +519,13 @@ def cmd_expunge(args: argparse.Namespace, ctx: CliContext) -> int:
                 empty = box.status().messages == 0
             if args.delete_empty and empty and name != "INBOX":
                 storage.delete_mailbox(name)
+    _empty_output(ctx)
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace, ctx: CliContext) -> int:
+    """doveadm purge: let the storage reclaim space (mdbox rewrites files of expunged mail)."""
+    with ctx.open_user_storage(args.user) as storage:
+        storage.purge()
     _empty_output(ctx)
     return 0

@@ -39,13 +39,13 @@ from .state import (
     flags_to_bits,
     guid_128,
 )
-from .writer import LogLock, append_transaction, create_log
+from .writer import LogLock, append_locked, append_transaction, create_log
 
 __all__ = [
     "highest_modseq", "log_highest_modseq", "index_modseq_header", "MAX_LOG_BYTES",
     "IndexState", "Extension", "Message", "Expunge", "INDEX_PREFIX", "SYSTEM_FLAG_BITS",
     "bits_to_flags", "flags_to_bits", "guid_128",
-    "Transaction", "create_log", "append_transaction", "LogLock",
+    "Transaction", "create_log", "append_transaction", "append_locked", "LogLock",
     "LOG_SUFFIX", "EXTERNAL", "TYPE_MASK", "T_APPEND", "T_ATTRIBUTE_UPDATE", "T_BOUNDARY", "T_EXPUNGE",
     "T_EXPUNGE_GUID", "T_FLAG_UPDATE", "T_KEYWORD_RESET", "T_KEYWORD_UPDATE", "T_MODSEQ_UPDATE",
 ]

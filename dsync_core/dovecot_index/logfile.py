@@ -198,6 +198,11 @@ class Transaction:
         if items:
             self.add(T_EXT_REC_UPDATE, b"".join(struct.pack("<I", uid) + pad4(data) for uid, data in items))
 
+    def ext_atomic_inc(self, items: Sequence[tuple[int, int]]) -> None:
+        """EXT_ATOMIC_INC {uid, diff} for the current extension (mdbox map ``ref``)."""
+        if items:
+            self.add(T_EXT_ATOMIC_INC, b"".join(struct.pack("<Ii", uid, diff) for uid, diff in items))
+
     # -- messages ----------------------------------------------------------------------
     def append(self, items: Sequence[tuple[int, int]]) -> None:
         """APPEND {uid, flags} for ascending UIDs."""

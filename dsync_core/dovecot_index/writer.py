@@ -140,29 +140,49 @@ def append_transaction(
     """
     path = os.path.join(index_dir, prefix + lf.LOG_SUFFIX)
     with LogLock(path, timeout) as fd:
-        state = state.refresh() if state is not None else IndexState.load(index_dir, prefix)
-        size = os.fstat(fd).st_size
-        if not state.exists or state.log_offset != size:
-            state = IndexState.load(index_dir, prefix)
-            if state.log_offset != size:
-                raise CorruptError(
-                    f"Transaction log {path} ends with an incomplete record at offset {state.log_offset}; "
-                    "let Dovecot repair it (doveadm force-resync)"
-                )
-        tx, result = build(state)
-        if not tx:
-            return state, result
-        if before_write is not None:
-            before_write(state, tx)
-        body = tx.encode()
-        data = body + lf.tail_update(size + len(body))
-        try:
-            written = os.write(fd, data)
-            if written != len(data):
-                raise StorageError(f"Short write to {path}")
-            if fsync:
-                os.fdatasync(fd)
-        except OSError as e:
-            raise StorageError(f"Cannot append to {path}: {e.strerror}") from None
-        state = state.refresh()
+        return append_locked(fd, index_dir, build, prefix=prefix, state=state, fsync=fsync,
+                             before_write=before_write)
+
+
+def append_locked(
+    fd: int,
+    index_dir: str,
+    build: Callable[[IndexState], tuple[lf.Transaction | None, T]],
+    *,
+    prefix: str = INDEX_PREFIX,
+    state: IndexState | None = None,
+    fsync: bool = True,
+    before_write: Callable[[IndexState, lf.Transaction], None] | None = None,
+) -> tuple[IndexState, T]:
+    """:func:`append_transaction` on a log the caller has locked already (``fd`` from
+    :class:`LogLock`): for several transactions under one lock (mdbox keeps its map
+    locked from the map commit to the mailbox commit). Opening and closing a second
+    descriptor of a locked file would drop the process's fcntl lock, so callers that
+    hold a :class:`LogLock` must append through its ``fd``."""
+    path = os.path.join(index_dir, prefix + lf.LOG_SUFFIX)
+    state = state.refresh() if state is not None else IndexState.load(index_dir, prefix)
+    size = os.fstat(fd).st_size
+    if not state.exists or state.log_offset != size:
+        state = IndexState.load(index_dir, prefix)
+        if state.log_offset != size:
+            raise CorruptError(
+                f"Transaction log {path} ends with an incomplete record at offset {state.log_offset}; "
+                "let Dovecot repair it (doveadm force-resync)"
+            )
+    tx, result = build(state)
+    if not tx:
+        return state, result
+    if before_write is not None:
+        before_write(state, tx)
+    body = tx.encode()
+    data = body + lf.tail_update(size + len(body))
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise StorageError(f"Short write to {path}")
+        if fsync:
+            os.fdatasync(fd)
+    except OSError as e:
+        raise StorageError(f"Cannot append to {path}: {e.strerror}") from None
+    state = state.refresh()
     return state, result

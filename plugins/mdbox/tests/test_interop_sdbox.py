@@ -1,82 +1,18 @@
-"""sdbox round trips against a real Dovecot: we write and doveadm reads, and the other way.
-
-Every doveadm run fails the test if doveadm prints a ``Warning:`` or ``Error:`` (Dovecot's
-way of saying it had to repair something we wrote). The comparisons use the same doveadm
-commands on both sides: ``fetch 'mailbox uid guid flags' all`` and ``mailbox status
-'messages uidvalidity uidnext guid highestmodseq' '*'``, ours through ``python -m
-dsync_core`` (``\\Recent`` is ignored: it is per session).
-"""
+"""sdbox round trips against a real Dovecot: we write and doveadm reads, and the other way
+(helpers and the rules of comparison in ``dbox_helpers``)."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
 
+from dbox_helpers import MSGS, compare, force_resync, norm_fetch, ours, theirs_modseqs
+
 from dsync_core.api import open_storage
 from dsync_core.model import FlagUpdate, MailboxLogType, SaveRequest
 from dsync_core.settings import Settings
-
-MSGS = [
-    b"From: Alice <alice@example.com>\nSubject: one\nMessage-ID: <1@x>\n\nBody line 1\nBody line 2\n",
-    b"From: Bob <bob@example.com>\nSubject: two\n\nsecond body\n",
-    b"From: carol@example.com\nSubject: three\n\n",
-]
-STATUS_FIELDS = "messages uidvalidity uidnext guid highestmodseq"
-
-
-def _norm_fetch(rows: list[dict[str, str]]) -> list[tuple[str, str, str, frozenset[str]]]:
-    out = []
-    for r in rows:
-        flags = frozenset(r["flags"].split()) - {"\\Recent"}
-        out.append((r["mailbox"], r["uid"], r["guid"], flags))
-    return sorted(out)
-
-
-def dsync_json(location: str, *args: str) -> list[dict[str, str]]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dsync_core", "-o", f"mail_location={location}", "-f", "json", *args],
-        capture_output=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    return json.loads(proc.stdout or b"[]")
-
-
-def api_json(location: str, *args: str) -> list[dict[str, str]]:
-    """The rows ``fetch 'mailbox uid guid flags' all`` / ``mailbox status ... '*'`` print,
-    built through the storage API (the library path; :func:`dsync_json` is the CLI path)."""
-    st = open_storage(location, Settings())
-    rows: list[dict[str, str]] = []
-    try:
-        for info in st.list_mailboxes():
-            if not info.selectable:
-                continue
-            with st.open_mailbox(info.name) as box:
-                if args[0] == "fetch":
-                    for r in box.records():
-                        flags = sorted(r.flags) + sorted(r.keywords)
-                        rows.append({"mailbox": info.name, "uid": str(r.uid), "guid": r.guid, "flags": " ".join(flags)})
-                else:
-                    s = box.status()
-                    rows.append({"mailbox": info.name, "messages": str(s.messages), "uidvalidity": str(s.uidvalidity),
-                                 "uidnext": str(s.uidnext), "guid": s.guid, "highestmodseq": str(s.highestmodseq)})
-    finally:
-        st.close()
-    return rows
-
-
-def compare(doveadm, loc: str) -> tuple[list, list]:  # type: ignore[no-untyped-def]
-    """Assert doveadm, the dsync CLI and the storage API show the same; return doveadm's."""
-    theirs_fetch = _norm_fetch(doveadm.json(loc, "fetch", "mailbox uid guid flags", "all"))
-    theirs_status = sorted(doveadm.json(loc, "mailbox", "status", STATUS_FIELDS, "*"), key=lambda r: r["mailbox"])
-    for ours in (api_json, dsync_json):
-        ours_fetch = _norm_fetch(ours(loc, "fetch", "mailbox uid guid flags", "all"))
-        ours_status = sorted(ours(loc, "mailbox", "status", STATUS_FIELDS, "*"), key=lambda r: r["mailbox"])
-        assert ours_fetch == theirs_fetch, ours.__name__
-        assert ours_status == theirs_status, ours.__name__
-    return theirs_fetch, theirs_status
 
 
 def test_we_write_dovecot_reads_and_modifies(doveadm) -> None:  # type: ignore[no-untyped-def]
@@ -153,14 +89,6 @@ def test_we_write_dovecot_reads_and_modifies(doveadm) -> None:  # type: ignore[n
     assert ("INBOX", "10") in {(m, u) for m, u, _, f in fetched if "\\Answered" in f}
 
 
-def force_resync(doveadm, loc: str) -> None:  # type: ignore[no-untyped-def]
-    """``doveadm force-resync '*'``: Dovecot warns "Rebuilding index" for every mailbox it
-    rebuilds (its own stores too); anything else it prints means it found a problem."""
-    err = doveadm.run(loc, "force-resync", "*", allow_stderr=True).stderr.decode()
-    for line in err.splitlines():
-        assert line.endswith(": Rebuilding index") and "Warning: sdbox " in line, err
-
-
 def _populate_with_dovecot(doveadm, loc: str, rounds: int) -> None:  # type: ignore[no-untyped-def]
     for m in MSGS:
         doveadm.run(loc, "save", "-m", "INBOX", input=m)
@@ -180,25 +108,6 @@ def _populate_with_dovecot(doveadm, loc: str, rounds: int) -> None:  # type: ign
     return bin_guid
 
 
-def _ours(loc: str) -> dict:  # type: ignore[type-arg]
-    st = open_storage(loc, Settings())
-    try:
-        out = {}
-        for info in st.list_mailboxes():
-            if info.selectable:
-                with st.open_mailbox(info.name) as box:
-                    out[info.name] = (box.status(), list(box.records()), box.expunges())
-        return out
-    finally:
-        st.close()
-
-
-def _theirs_modseqs(doveadm, loc: str) -> dict:  # type: ignore[no-untyped-def, type-arg]
-    rows = doveadm.json(loc, "fetch", "mailbox uid guid flags modseq", "all")
-    return {(r["mailbox"], int(r["uid"])): (r["guid"], frozenset(r["flags"].split()) - {"\\Recent"}, int(r["modseq"]))
-            for r in rows}
-
-
 def test_dovecot_writes_we_read(doveadm) -> None:  # type: ignore[no-untyped-def]
     root = os.path.join(doveadm.base, "sdbox")
     loc = f"sdbox:{root}"
@@ -208,8 +117,8 @@ def test_dovecot_writes_we_read(doveadm) -> None:  # type: ignore[no-untyped-def
     idx = os.path.join(root, "mailboxes", "INBOX", "dbox-Mails")
     assert not os.path.exists(os.path.join(idx, "dovecot.index.log.2"))
     compare(doveadm, loc)
-    want = _theirs_modseqs(doveadm, loc)
-    got = _ours(loc)
+    want = theirs_modseqs(doveadm, loc)
+    got = ours(loc)
     for (mbox, uid), (guid, flags, modseq) in want.items():
         rec = next(r for r in got[mbox][1] if r.uid == uid)
         assert (rec.guid, rec.flags | rec.keywords, rec.modseq) == (guid, flags, modseq), (mbox, uid)
@@ -245,8 +154,8 @@ def test_dovecot_rotated_log_and_main_index(doveadm) -> None:  # type: ignore[no
     assert os.path.exists(log_path + ".2"), "Dovecot did not rotate the log"
     assert os.path.exists(os.path.join(idx, "dovecot.index")), "Dovecot wrote no main index"
     compare(doveadm, loc)
-    want = _theirs_modseqs(doveadm, loc)
-    got = _ours(loc)
+    want = theirs_modseqs(doveadm, loc)
+    got = ours(loc)
     for (mbox, uid), (guid, flags, modseq) in want.items():
         rec = next(r for r in got[mbox][1] if r.uid == uid)
         assert (rec.guid, rec.flags | rec.keywords, rec.modseq) == (guid, flags, modseq), (mbox, uid)
@@ -293,7 +202,7 @@ def test_backup_rebuilds_an_sdbox_inbox_dovecot_reads_it(doveadm) -> None:  # ty
     assert proc.returncode == 0, proc.stderr.decode()
     doveadm.chown(doveadm.base)
     theirs_fetch, theirs_status = compare(doveadm, ld)
-    want = [(m, u, g, f) for m, u, g, f in _norm_fetch(doveadm.json(ls, "fetch", "mailbox uid guid flags", "all"))]
+    want = [(m, u, g, f) for m, u, g, f in norm_fetch(doveadm.json(ls, "fetch", "mailbox uid guid flags", "all"))]
     assert theirs_fetch == want
     (inbox,) = [r for r in theirs_status if r["mailbox"] == "INBOX"]
     src_status = doveadm.json(ls, "mailbox", "status", "uidvalidity uidnext", "INBOX")[0]
