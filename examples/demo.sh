@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The quick-start demo: install dsync-py into .venv (once), build a Dovecot-compatible
-# Maildir from the bundled sample mail with doveadm-style commands, and show it.
+# Maildir from the bundled sample mail with doveadm-style commands, show it, convert it to
+# sdbox and mdbox, and sync a change back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
 
 if [ -z "${DSYNC:-}" ]; then
   if [ ! -x .venv/bin/dsync ]; then
-    echo "==> Installing dsync-core and dsync-maildir into .venv"
+    echo "==> Installing dsync-core, dsync-maildir and dsync-dbox into .venv"
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -e . -e plugins/maildir -e plugins/mdbox
   fi
@@ -58,6 +59,11 @@ echo "==> mark the invoice read in the sdbox copy, then a two-way sync brings it
 ds -v sync "sdbox:$out/sdbox"
 ds -f table fetch 'mailbox uid flags hdr.subject' mailbox INBOX
 echo
+echo "==> dsync -o mail_location=sdbox:$out/sdbox backup mdbox:$out/mdbox   (and on to mdbox)"
+"$DSYNC" -o "mail_location=sdbox:$out/sdbox" backup "mdbox:$out/mdbox"
+"$DSYNC" -o "mail_location=mdbox:$out/mdbox" -f table mailbox status 'messages unseen uidnext guid' '*'
+echo
 echo "Done: $(find "$out/Maildir" -type f -path '*/cur/*' -o -type f -path '*/new/*' | wc -l) messages in $out/Maildir"
-echo "(a Maildir that Dovecot reads as it is) and the same mail as sdbox in $out/sdbox."
+echo "(a Maildir that Dovecot reads as it is), the same mail as sdbox in $out/sdbox"
+echo "and as mdbox in $out/mdbox."
 echo "Try: $DSYNC -o mail_location=$loc fetch 'uid flags hdr.subject' mailbox INBOX"
