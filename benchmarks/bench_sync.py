@@ -4,7 +4,7 @@ Times, for each tool on its own copies of the same generated corpus (see corpus.
 
 - initial `backup` Maildir -> empty Maildir, then the same `backup` again (nothing changed);
 - initial two-way `sync` Maildir <-> empty Maildir, then the same `sync` again;
-- initial `backup` Maildir -> empty sdbox;
+- initial `backup` Maildir -> empty sdbox, and -> empty mdbox;
 - incremental cost: on a synced pair, one change on the source (`flags add \\Seen` on one
   message, or `save` of one new message, each with the tool's own command), then the next
   `sync`; at several corpus sizes, so that t(big)/t(small) shows whether an incremental sync
@@ -195,7 +195,7 @@ class Bench:
     # --- the measurements -------------------------------------------------------------
 
     def full_copies(self, master: Path, expected: Counts) -> None:
-        """Initial and no-change backup and sync, and backup to sdbox; `runs` rounds, tools interleaved."""
+        """Initial and no-change backup and sync, and backup to sdbox and mdbox; `runs` rounds, tools interleaved."""
         n = expected.messages
         for rnd in range(self.args.runs):
             print(f"round {rnd + 1}/{self.args.runs}, {n} messages", flush=True)
@@ -227,7 +227,15 @@ class Bench:
                              self.command(tool, f"maildir:{src}", "backup", f"sdbox:{dst}"))
                 self.check(f"{tool} backup to sdbox", f"sdbox:{dst}", expected, dst if own else None)
                 self.clear(src, dst)
-        for label in ("backup, initial", "sync, initial", "backup to sdbox, initial"):
+
+                src = self.fresh_copy(master, f"src-mdbox-{tool}")
+                dst = self.scratch / f"dst-mdbox-{tool}"
+                self.clear(dst)
+                self.measure("backup to mdbox, initial", tool,
+                             self.command(tool, f"maildir:{src}", "backup", f"mdbox:{dst}"))
+                self.check(f"{tool} backup to mdbox", f"mdbox:{dst}", expected, dst if own else None)
+                self.clear(src, dst)
+        for label in ("backup, initial", "sync, initial", "backup to sdbox, initial", "backup to mdbox, initial"):
             self.messages_in[label] = n
 
     def incremental(self, size: int) -> None:
