@@ -491,6 +491,22 @@ class DboxMailbox(Mailbox):
         self._state = None
 
 
+def index_record(msg: Any, guid: str, info: dbox.DboxMessage, save_date: int) -> MessageRecord:
+    """A message's record from its index entry (flags, keywords, modseq) and its dbox
+    metadata (dates, sizes)."""
+    return MessageRecord(
+        uid=msg.uid,
+        guid=guid,
+        flags=di.bits_to_flags(msg.flags),
+        keywords=frozenset(msg.keywords),
+        modseq=msg.modseq,
+        internaldate=info.received if info.received is not None else save_date,
+        size=info.body_size,
+        vsize=info.vsize,
+        save_date=save_date,
+    )
+
+
 def open_dbox_body(paths: list[str], msg: dbox.DboxMessage | None, what: str) -> Any:
     """The body stream of the first of ``paths`` that exists (primary, then ALT)."""
     for path in paths:
@@ -504,4 +520,4 @@ def open_dbox_body(paths: list[str], msg: dbox.DboxMessage | None, what: str) ->
 
 
 __all__ = ["DboxStorage", "DboxMailbox", "LOCK_TIMEOUT", "MAILBOX_HDR_SIZE", "INDEX_FILES", "is_guid128",
-           "temp_name", "message_guid", "check_status_args", "open_dbox_body"]
+           "temp_name", "message_guid", "check_status_args", "index_record", "open_dbox_body"]

@@ -47,6 +47,7 @@ from .common import (
     MAILBOX_HDR_SIZE,
     DboxMailbox,
     DboxStorage,
+    index_record,
     message_guid,
     temp_name,
 )
@@ -504,17 +505,7 @@ class MdboxMailbox(DboxMailbox):
         self._remember_guid(guid)
         ext = st.extensions.get(EXT_MDBOX)
         save_date = ext.record_int(msg.uid, "<4xI") if ext is not None else 0
-        return MessageRecord(
-            uid=msg.uid,
-            guid=guid,
-            flags=di.bits_to_flags(msg.flags),
-            keywords=frozenset(msg.keywords),
-            modseq=msg.modseq,
-            internaldate=info.received if info.received is not None else save_date,
-            size=info.body_size,
-            vsize=info.vsize,
-            save_date=save_date,
-        )
+        return index_record(msg, guid, info, save_date)
 
     def open_body(self, uid: int) -> BinaryIO:
         st = self.index()

@@ -37,6 +37,7 @@ from .common import (
     MAILBOX_HDR_SIZE,
     DboxMailbox,
     DboxStorage,
+    index_record,
     message_guid,
     open_dbox_body,
     temp_name,
@@ -113,17 +114,7 @@ class SdboxMailbox(DboxMailbox):
             save_date = int(os.stat(path).st_ctime)
         except OSError:
             save_date = 0
-        return MessageRecord(
-            uid=msg.uid,
-            guid=guid,
-            flags=di.bits_to_flags(msg.flags),
-            keywords=frozenset(msg.keywords),
-            modseq=msg.modseq,
-            internaldate=info.received if info.received is not None else save_date,
-            size=info.body_size,
-            vsize=info.vsize,
-            save_date=save_date,
-        )
+        return index_record(msg, guid, info, save_date)
 
     def _expunged_guid(self, e: di.Expunge) -> str:
         if e.guid and e.guid != bytes(16):

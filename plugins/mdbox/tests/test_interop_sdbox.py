@@ -8,10 +8,21 @@ import os
 import subprocess
 import sys
 
-from dbox_helpers import MSGS, compare, force_resync, norm_fetch, ours, theirs_modseqs
+from dbox_helpers import (
+    MSGS,
+    check_against_dovecot,
+    check_dovecot_changes,
+    check_sample,
+    compare,
+    force_resync,
+    norm_fetch,
+    populate_with_dovecot,
+    read_back_and_write,
+    write_sample,
+)
 
 from dsync_core.api import open_storage
-from dsync_core.model import FlagUpdate, MailboxLogType, SaveRequest
+from dsync_core.model import MailboxLogType, SaveRequest
 from dsync_core.settings import Settings
 
 
@@ -19,40 +30,9 @@ def test_we_write_dovecot_reads_and_modifies(doveadm) -> None:  # type: ignore[n
     root = os.path.join(doveadm.base, "sdbox")
     loc = f"sdbox:{root}"
     doveadm.chown(doveadm.base)
-    st = open_storage(loc, Settings())
-    try:
-        st.create_mailbox("Entwürfe")
-        st.create_mailbox("Archive/2024", guid="0f" * 16, uidvalidity=1700000000)
-        st.create_mailbox("Tmp")
-        with st.open_mailbox("INBOX") as inbox:
-            inbox.save([
-                SaveRequest(io.BytesIO(MSGS[0]), flags=frozenset({"\\Seen"}), keywords=frozenset({"$Junk", "Work"}),
-                            internaldate=1_600_000_000),
-                SaveRequest(io.BytesIO(MSGS[1]), uid=5, guid="0123456789abcdef0123456789abcdef"),
-                SaveRequest(io.BytesIO(MSGS[0]), uid=9, guid="not-a-hex-guid@example.org"),
-                SaveRequest(io.BytesIO(MSGS[2]), flags=frozenset({"\\Answered", "\\Draft"})),
-            ])
-            inbox.update_flags([FlagUpdate(5, add_flags=frozenset({"\\Flagged"}), add_keywords=frozenset({"Later"})),
-                                FlagUpdate(1, remove_keywords=frozenset({"$Junk"}))])
-            inbox.expunge([9])
-        with st.open_mailbox("Archive/2024") as box:
-            box.save([SaveRequest(io.BytesIO(MSGS[1]), uid=3, flags=frozenset({"\\Deleted"}))])
-            box.update_status(min_uidnext=20, min_highestmodseq=100)
-        st.rename_mailbox("Tmp", "Tmp2")
-        st.delete_mailbox("Tmp2")
-        st.set_subscribed("Entwürfe", True)
-    finally:
-        st.close()
+    write_sample(loc)
     doveadm.chown(doveadm.base)
-
-    fetched, status = compare(doveadm, loc)
-    assert ("INBOX", "5", "0123456789abcdef0123456789abcdef", frozenset({"\\Flagged", "Later"})) in fetched
-    assert ("INBOX", "1") in {(m, u) for m, u, _, f in fetched if f == {"\\Seen", "Work"}}
-    archive = next(r for r in status if r["mailbox"] == "Archive/2024")
-    assert (archive["uidvalidity"], archive["uidnext"], archive["guid"]) == ("1700000000", "20", "0f" * 16)
-    assert int(archive["highestmodseq"]) >= 100
-    assert [r["mailbox"] for r in status] == ["Archive", "Archive/2024", "Entwürfe", "INBOX"] or \
-        "Tmp2" not in [r["mailbox"] for r in status]
+    check_sample(doveadm, loc)
     with open(os.path.join(root, "mailboxes", "INBOX", "dbox-Mails", "u.5"), "rb") as f:
         raw = f.read()
     assert raw.startswith(b"2 M1e C") and b"\n\x01\x03\n" in raw and b"G0123456789abcdef0123456789abcdef\n" in raw
@@ -63,49 +43,10 @@ def test_we_write_dovecot_reads_and_modifies(doveadm) -> None:  # type: ignore[n
     doveadm.run(loc, "flags", "remove", "Work", "mailbox", "INBOX", "uid", "1")
     doveadm.run(loc, "expunge", "mailbox", "INBOX", "uid", "2")
     doveadm.run(loc, "purge")
-    force_resync(doveadm, loc)
-    fetched, _ = compare(doveadm, loc)
-    inbox = {u: (g, f) for m, u, g, f in fetched if m == "INBOX"}
-    assert inbox["5"][1] == {"\\Flagged", "\\Seen", "Later", "Dove"}
-    assert inbox["1"][1] == {"\\Seen"}
-    assert "2" not in inbox and "10" in inbox
+    check_dovecot_changes(doveadm, loc)
 
     # ... and we read its changes back, and keep writing after it.
-    st = open_storage(loc, Settings())
-    try:
-        with st.open_mailbox("INBOX") as box:
-            recs = {r.uid: r for r in box.records()}
-            assert recs[5].keywords == {"Later", "Dove"} and recs[5].flags == {"\\Flagged", "\\Seen"}
-            assert box.open_body(10).read() == MSGS[2]
-            hm = box.status().highestmodseq
-            box.update_flags([FlagUpdate(10, add_flags=frozenset({"\\Answered"}))])
-            box.expunge([1])
-            assert [(e.uid, e.modseq > hm) for e in box.expunges(hm)] == [(1, True)]
-            assert [r.uid for r in box.records(hm)] == [10]
-    finally:
-        st.close()
-    doveadm.chown(doveadm.base)
-    fetched, _ = compare(doveadm, loc)
-    assert ("INBOX", "10") in {(m, u) for m, u, _, f in fetched if "\\Answered" in f}
-
-
-def _populate_with_dovecot(doveadm, loc: str, rounds: int) -> None:  # type: ignore[no-untyped-def]
-    for m in MSGS:
-        doveadm.run(loc, "save", "-m", "INBOX", input=m)
-    doveadm.run(loc, "mailbox", "create", "Entwürfe", "Archive/2024", "Trash")
-    doveadm.run(loc, "save", "-m", "Archive/2024", input=MSGS[1])
-    doveadm.run(loc, "flags", "add", "\\Seen $Junk Work", "mailbox", "INBOX", "uid", "1")
-    doveadm.run(loc, "flags", "add", "\\Flagged \\Answered", "mailbox", "INBOX", "uid", "2")
-    doveadm.run(loc, "fetch", "modseq", "mailbox", "INBOX", "all")  # turns on per-message modseqs
-    doveadm.run(loc, "flags", "add", "\\Draft Later", "mailbox", "Archive/2024", "uid", "1")
-    doveadm.run(loc, "expunge", "mailbox", "INBOX", "uid", "3")
-    doveadm.run(loc, "mailbox", "rename", "Trash", "Bin")
-    bin_guid = doveadm.status(loc)["Bin"]["guid"]
-    doveadm.run(loc, "mailbox", "delete", "Bin")
-    doveadm.run(loc, "mailbox", "subscribe", "Entwürfe", "Archive/2024")
-    for i in range(rounds):
-        doveadm.run(loc, "flags", "replace", f"kw{i % 7} \\Seen", "mailbox", "INBOX", "uid", "2")
-    return bin_guid
+    read_back_and_write(doveadm, loc, [1])
 
 
 def test_dovecot_writes_we_read(doveadm) -> None:  # type: ignore[no-untyped-def]
@@ -113,15 +54,10 @@ def test_dovecot_writes_we_read(doveadm) -> None:  # type: ignore[no-untyped-def
     loc = f"sdbox:{root}"
     os.makedirs(root)
     doveadm.chown(doveadm.base)
-    bin_guid = _populate_with_dovecot(doveadm, loc, 3)
+    bin_guid = populate_with_dovecot(doveadm, loc, flag_rounds=3)
     idx = os.path.join(root, "mailboxes", "INBOX", "dbox-Mails")
     assert not os.path.exists(os.path.join(idx, "dovecot.index.log.2"))
-    compare(doveadm, loc)
-    want = theirs_modseqs(doveadm, loc)
-    got = ours(loc)
-    for (mbox, uid), (guid, flags, modseq) in want.items():
-        rec = next(r for r in got[mbox][1] if r.uid == uid)
-        assert (rec.guid, rec.flags | rec.keywords, rec.modseq) == (guid, flags, modseq), (mbox, uid)
+    got = check_against_dovecot(doveadm, loc)
     assert [e.uid for e in got["INBOX"][2]] == [3]
     st = open_storage(loc, Settings())
     try:
@@ -138,7 +74,7 @@ def test_dovecot_rotated_log_and_main_index(doveadm) -> None:  # type: ignore[no
     loc = f"sdbox:{root}"
     os.makedirs(root)
     doveadm.chown(doveadm.base)
-    _populate_with_dovecot(doveadm, loc, 0)
+    populate_with_dovecot(doveadm, loc, flag_rounds=0)
     idx = os.path.join(root, "mailboxes", "INBOX", "dbox-Mails")
     # Dovecot rotates a log over mail_index_log_rotate_max_size (1M) at its next sync, or
     # over the min size once older than 5 minutes; a small max size makes it rotate now.
@@ -153,12 +89,7 @@ def test_dovecot_rotated_log_and_main_index(doveadm) -> None:  # type: ignore[no
     doveadm.run(loc, *small, "flags", "add", "Final", "mailbox", "INBOX", "uid", "1")
     assert os.path.exists(log_path + ".2"), "Dovecot did not rotate the log"
     assert os.path.exists(os.path.join(idx, "dovecot.index")), "Dovecot wrote no main index"
-    compare(doveadm, loc)
-    want = theirs_modseqs(doveadm, loc)
-    got = ours(loc)
-    for (mbox, uid), (guid, flags, modseq) in want.items():
-        rec = next(r for r in got[mbox][1] if r.uid == uid)
-        assert (rec.guid, rec.flags | rec.keywords, rec.modseq) == (guid, flags, modseq), (mbox, uid)
+    check_against_dovecot(doveadm, loc)
     # We append to the rotated log; Dovecot accepts it.
     st = open_storage(loc, Settings())
     try:
