@@ -403,7 +403,12 @@ class LocalReplica(Replica):
                             )
                         )
                     if reqs:
-                        mb.save(reqs)
+                        stored = mb.save(reqs)
+                        if self._guid_index is not None:
+                            # Keep the GUID index current rather than rebuild it for the next
+                            # batch (a windowed copy would read the whole store each window).
+                            for rec in stored:
+                                self._guid_index.setdefault(rec.guid, (guid, rec.uid))
                         for s in chunk:
                             if s.source == "peer":
                                 saved += 1
@@ -438,8 +443,8 @@ class LocalReplica(Replica):
                     errors.append(f"{mb.name}: raising UIDNEXT/HIGHESTMODSEQ failed: {e.message}")
             if status is None:
                 status = mb.status()
-        if saved or copied:
-            self._guid_index = None
+        if expunged:
+            self._guid_index = None  # entries may point at what is gone
         return ImportResult(saved, copied, nbytes, flags, expunged, tuple(errors), status)
 
     def _body_for(
