@@ -55,6 +55,34 @@ def test_tcps_with_the_right_ca(env: Env, listener, certs) -> None:  # type: ign
     assert content(env.local) == content(env.remote) and content(env.remote)["INBOX"]
 
 
+def test_tcps_with_a_ca_directory(env: Env, listener, certs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ssl_client_ca_dir: a directory of hashed CA certificates (as `openssl rehash` makes)."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl (a dependency of dovecot-core) is needed to hash a CA directory"
+    ca_dir = tmp_path / "cas"
+    ca_dir.mkdir()
+    shutil.copy(certs["ca"], ca_dir / "test-ca.pem")
+    subprocess.run([openssl, "rehash", str(ca_dir)], check=True, capture_output=True)
+    put(env.local, "INBOX", "l1")
+    srv = _tls_server(listener, certs)
+    rc, out, err = env.dsync("-o", f"doveadm_password={PW}", "-o", f"ssl_client_ca_dir={ca_dir}",
+                             "sync", "-u", USER, f"tcps:localhost:{srv.port}")
+    assert rc == 0, err
+    assert content(env.local) == content(env.remote) and content(env.remote)["INBOX"]
+    # The other CA in the directory instead: refused.
+    for f in ca_dir.iterdir():
+        f.unlink()
+    shutil.copy(certs["other_ca"], ca_dir / "other-ca.pem")
+    subprocess.run([openssl, "rehash", str(ca_dir)], check=True, capture_output=True)
+    put(env.local, "INBOX", "l2")
+    rc, out, err = env.dsync("-o", f"doveadm_password={PW}", "-o", f"ssl_client_ca_dir={ca_dir}",
+                             "sync", "-u", USER, f"tcps:localhost:{srv.port}")
+    assert rc == 1 and "certificate is not trusted" in err, err
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
