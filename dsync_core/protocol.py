@@ -787,7 +787,7 @@ def tree_to_wire(t: TreeSnapshot) -> list[tuple[str, Sequence[Any]]]:
 
 
 def changeset_to_wire(c: ChangeSet) -> tuple[dict[str, Any], list[tuple[str, Sequence[Any]]]]:
-    return {"status": status_to_wire(c.status)}, [
+    return {"status": status_to_wire(c.status), "expunges_complete": c.expunges_complete}, [
         ("records", [record_to_wire(r) for r in c.records]),
         ("expunges", [expunge_to_wire(e) for e in c.expunges]),
     ]
@@ -795,8 +795,9 @@ def changeset_to_wire(c: ChangeSet) -> tuple[dict[str, Any], list[tuple[str, Seq
 
 def changeset_from_wire(head: dict[str, Any], lists: dict[str, list[Any]]) -> ChangeSet:
     status = status_from_wire(head.get("status"))
+    complete = _bool(head.get("expunges_complete", True), "expunges_complete")
     return ChangeSet(status, tuple(record_from_wire(x) for x in lists["records"]),
-                     tuple(expunge_from_wire(x) for x in lists["expunges"]))
+                     tuple(expunge_from_wire(x) for x in lists["expunges"]), complete)
 
 
 def batch_to_wire(guid: str, b: ImportBatch) -> tuple[dict[str, Any], list[tuple[str, Sequence[Any]]]]:

@@ -96,6 +96,10 @@ class ChangeSet:
     status: MailboxStatus
     records: tuple[MessageRecord, ...]  # modseq > since_modseq or uid > since_uid, ascending UID
     expunges: tuple[ExpungeRecord, ...]  # modseq > since_modseq
+    #: False when the storage's expunge history does not reach back to ``since_modseq``
+    #: (a rotated log, a server without QRESYNC): expunges may be missing, so the engine
+    #: must not plan incrementally from this answer.
+    expunges_complete: bool = True
 
 
 @attrs.frozen
@@ -301,7 +305,8 @@ class LocalReplica(Replica):
                 for r in mb.records_by_uid(range(since_uid + 1, status.uidnext)):
                     recs.setdefault(r.uid, r)
             exp = mb.expunges(since_modseq)
-        return ChangeSet(status, tuple(recs[u] for u in sorted(recs)), tuple(exp))
+            complete = since_modseq == 0 or mb.expunges_complete_since() <= since_modseq
+        return ChangeSet(status, tuple(recs[u] for u in sorted(recs)), tuple(exp), complete)
 
     def records(self, guid: str, uids: Iterable[int]) -> list[MessageRecord]:
         uids = list(uids)

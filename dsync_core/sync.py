@@ -448,10 +448,14 @@ class _Run:
 
     def _incremental(self, g: str, entry: StateEntry, mode: SyncMode, policy: Policy) -> MailboxPlan | None:
         x, y = self.x, self.y
+        cx = x.changes(g, entry.modseq_a, entry.last_common_uid)
+        cy = y.changes(g, entry.modseq_b, entry.last_common_uid)
+        if not (cx.expunges_complete and cy.expunges_complete):
+            return None  # an expunge could be missing: only a full compare is safe
         try:
             return plan_incremental(
-                View.of(x.changes(g, entry.modseq_a, entry.last_common_uid)),
-                View.of(y.changes(g, entry.modseq_b, entry.last_common_uid)),
+                View.of(cx),
+                View.of(cy),
                 entry,
                 lambda uids: x.records(g, uids),
                 lambda uids: y.records(g, uids),

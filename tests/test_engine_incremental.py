@@ -162,3 +162,22 @@ def test_first_copy_of_a_big_mailbox_goes_window_by_window(pair, mode: SyncMode,
     assert messages(b, "INBOX")[2][2:] == ({"\\Seen"}, {"work"})
     again = sync(a, b, mode=mode)
     assert again.messages_copied == 0 and not again.unapplied
+
+
+def test_no_incremental_plan_when_a_side_forgot_its_expunges(pair, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A storage whose expunge history does not reach back to the mark (a rotated log, an
+    IMAP server without QRESYNC) could hide an expunge: the run compares fully, so the
+    expunge still wins and nothing comes back."""
+    from dsync_maildir.storage import MaildirMailbox
+    from test_engine_helpers import expunge
+
+    a, b = pair
+    run(a, b)
+    expunge(b, "INBOX", 5)
+    set_flags(a, "INBOX", 5, add={"\\Seen"})  # changed on the other side since
+    monkeypatch.setattr(MaildirMailbox, "expunges", lambda self, since_modseq=0: [])
+    monkeypatch.setattr(MaildirMailbox, "expunges_complete_since", lambda self: 10**9)
+    read_a, read_b = run(a, b)
+    assert read_a >= N  # a full compare
+    assert 5 not in [m[0] for m in messages(a, "INBOX")]
+    assert snapshot(a) == snapshot(b) and len(messages(b, "INBOX")) == N - 1
