@@ -8,27 +8,19 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 
 import pytest
 from dsync_maildir import storage as maildir_storage
 from dsync_maildir import uidlist as ulmod
 from hypothesis import given
 from hypothesis import strategies as hs
+from test_storage import age
 
 from dsync_core.api import open_storage
 from dsync_core.model import SaveRequest
 from dsync_core.settings import Settings
 
 MSG = b"From: a@example.com\nSubject: %d\nMessage-ID: <%d@example.com>\n\nbody %d\n"
-
-
-def age(path: str, seconds: int = 10) -> None:
-    t = time.time() - seconds
-    for p in ("cur", "new", "dovecot-uidlist", "dovecot-keywords"):
-        full = os.path.join(path, p)
-        if os.path.exists(full):
-            os.utime(full, (t, t))
 
 
 def snapshot(root: str, fresh_index: str | None = None) -> list[tuple[int, str, frozenset[str], frozenset[str]]]:
