@@ -18,7 +18,8 @@ for token refreshers), ``imapc_max_connections`` (parallel body fetches, default
 ``imapc_skip_special_use`` (default ``\\Flagged \\Important``), ``imapc_special_use_names``
 (``yes``: ``\\Sent``, ``\\Drafts``, ``\\Trash``, ``\\Junk``, ``\\Archive`` folders get those
 plain names, ``\\All`` becomes ``Archive``, where the name is free), ``imapc_fetch_batch``,
-``imapc_fetch_chunk_size``.
+``imapc_fetch_chunk_size`` (1M), ``imapc_max_line_length`` (16M), ``imapc_max_response_size``
+(256M): the bounds below.
 A path in the location (``imapc:~/imapc-cache``) is a cache directory (see below).
 
 Design decisions, and why
@@ -38,7 +39,9 @@ Design decisions, and why
   header hashes); a folder renamed on the server is a delete and a create to the engine.
 * **Modseqs are the server's** (CONDSTORE HIGHESTMODSEQ/MODSEQ): a fast re-run that finds
   HIGHESTMODSEQ, UIDNEXT and MESSAGES unchanged skips the folder with one STATUS; a stateful
-  run (``-s``) asks for ``CHANGEDSINCE`` only and learns expunges from QRESYNC ``VANISHED``.
+  run (``-s``) asks for ``CHANGEDSINCE`` only and learns expunges from QRESYNC ``VANISHED``;
+  without QRESYNC the storage says its expunge history is incomplete
+  (``expunges_complete_since``), and the engine compares the folder's full UID lists.
   Without CONDSTORE, HIGHESTMODSEQ is the run's start time (ms): every run compares every folder
   (never misses a flag change), which is slower but correct.
 * **UIDs are the server's.** As a source this is all backup and ``sync -1`` need. As a
@@ -58,12 +61,34 @@ Design decisions, and why
   (at most 2 MiB and ``imapc_fetch_batch`` messages per command), on up to
   ``imapc_max_connections`` connections in parallel, in order; a message above
   ``imapc_fetch_chunk_size`` (1 MiB) is read in partial fetches (``BODY.PEEK[]<off.len>``),
-  one chunk in memory at a time. Nothing is read per message except big ones. FETCH answers
+  one chunk in memory at a time, the first chunk fetched ahead on a parallel connection.
+  Even small messages are asked as ``BODY.PEEK[]<0.chunk>``: a message bigger than its
+  RFC822.SIZE claimed (servers' sizes can be wrong) is completed by partial fetches. The
+  first full listing of a folder brings the hashed header fields along (one command for
+  flags, sizes and header hashes). Nothing is read per message except big ones. FETCH answers
   of the shapes we ask for are parsed with a few regular expressions (imapclient's general
   parser cost more than the transfer); anything unusual goes to imapclient's parser.
+* **APPEND streams.** A message saved to the server is spooled (1 MiB in memory, the rest
+  in a temporary file) with its line ends made CRLF, to learn the literal's size, then
+  sent in 1 MiB pieces: with ``{n+}`` when the server offers LITERAL+ (or LITERAL- and
+  n <= 4096), else after the server's continuation. imaplib's own APPEND would hold it
+  whole, twice.
+* **A hostile or broken server is bounded** where imaplib touches the socket (``read``,
+  ``readline``, ``send`` of an ``imaplib.IMAP4`` subclass that imapclient creates for us,
+  from the greeting on; no global is patched): no line above ``imapc_max_line_length``;
+  no literal above ``imapc_fetch_chunk_size`` in a body fetch (we ask for at most that
+  much), nor above ``imapc_max_line_length`` elsewhere (folder names, header fields),
+  checked before anything is allocated; and no answer to one command above a bound
+  (imaplib keeps an answer whole): twice the announced sizes (+1 MiB) for a body batch,
+  a chunk for a partial fetch, ``imapc_max_response_size`` or 1 KiB per message (16 KiB
+  with header fields) for a listing, ``imapc_max_response_size`` for the rest. Such a
+  server, or one that answers with something that is not IMAP, ends the run with one
+  line naming the server, the command and what was wrong (exit 1); a server that stops
+  answering is given up after ``imapc_cmd_timeout``. Nothing is half written: bodies go
+  to the destination's temporary files first, as always.
 * **Errors.** Connect, TLS and login failures are one-line DsyncErrors. A connection that
-  breaks is not re-opened: the rest of the run fails (exit 1) and the next run continues
-  where the copy stands.
+  breaks is not re-opened: the rest of the run fails (exit 1) with the first failure's
+  message and the next run continues where the copy stands.
 * **Folder names**: modified UTF-7 decoded, any separator mapped to ``/`` (see
   :mod:`dsync_imapc.names`); special-use attributes (RFC 6154) are reported in
   ``MailboxInfo.special_use``.

@@ -38,6 +38,8 @@ class ImapcConfig:
     chunk_size: int = 1024 * 1024
     alt_char: str = "_"
     special_use_names: bool = False
+    max_line: int = 16 * 1024 * 1024
+    max_response: int = 256 * 1024 * 1024
 
     @property
     def server(self) -> str:
@@ -113,4 +115,6 @@ def load_config(settings: Settings) -> ImapcConfig:
         chunk_size=max(4096, settings.get_size("imapc_fetch_chunk_size", 1024 * 1024)),
         alt_char=(settings.get("dsync_alt_char", "_") or "_")[:1],
         special_use_names=settings.get_bool("imapc_special_use_names", False),
+        max_line=max(64 * 1024, settings.get_size("imapc_max_line_length", 16 * 1024 * 1024)),
+        max_response=max(1024 * 1024, settings.get_size("imapc_max_response_size", 256 * 1024 * 1024)),
     )

@@ -34,9 +34,10 @@ def header_hash(block: bytes, size: int | None) -> str:
     return h.hexdigest()[:32]
 
 
-def local_header_hash(data: bytes, fields: tuple[str, ...]) -> str:
+def local_header_hash(data: bytes, fields: tuple[str, ...], size: int | None = None) -> str:
     """The hash a server would give ``data`` once stored: the lines of ``fields`` (with their
-    continuation lines) as ``HEADER.FIELDS`` returns them, and the size with CRLF line ends."""
+    continuation lines) as ``HEADER.FIELDS`` returns them, and the size with CRLF line ends.
+    ``data`` may be the header alone when ``size`` (the whole message's, CRLF) is given."""
     end = len(data)
     for sep in (b"\r\n\r\n", b"\n\n"):
         i = data.find(sep)
@@ -56,7 +57,7 @@ def local_header_hash(data: bytes, fields: tuple[str, ...]) -> str:
             out.append(line)
     # No wanted field at all: the whole header block, as the server's BODY[HEADER] gives it.
     block = b"\r\n".join(out) + b"\r\n\r\n" if out else b"\r\n".join(head)
-    crlf_size = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    crlf_size = size if size is not None else len(data) + data.count(b"\n") - data.count(b"\r\n")
     return header_hash(block, crlf_size)
 
 

@@ -234,6 +234,7 @@ class ImapcStorage(Storage):
         # skips a flag change it cannot see), and constant within the run.
         self._run_modseq = time.time_ns() // 1_000_000
         self._folders: dict[str, ServerFolder] | None = None
+        self._sizes: dict[tuple[str, int], dict[int, int]] = {}  # (folder, UIDVALIDITY) -> UID -> RFC822.SIZE
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- connections -------------------------------------------------------------------
@@ -453,13 +454,19 @@ def _s(v: Any) -> str:
 
 
 def raw_fetch(conn: Connection, uids: str, items: list[str], modifiers: list[str] | None = None,
-              what: str = "FETCH") -> dict[int, dict[bytes, Any]]:
-    """UID FETCH of a UID set string (``1:*`` allowed), every answer returned."""
+              what: str = "FETCH", *, literal: int | None = None, response: int | None = None,
+              why: str = "", response_why: str = "") -> dict[int, dict[bytes, Any]]:
+    """UID FETCH of a UID set string (``1:*`` allowed), every answer returned. ``literal`` and
+    ``response`` bound what the server may send for it (``why``, ``response_why``: whence)."""
     c = conn.client
-    with conn.guard(f"UID FETCH {what}"):
+    with conn.guard(f"UID FETCH {what}"), conn.limited(literal=literal, literal_why=why, response=response,
+                                                       response_why=response_why or why):
         args = ["UID", "FETCH", uids, "(" + " ".join(items) + ")"]
         if modifiers:
             args.append("(" + " ".join(modifiers) + ")")
+        # Untagged answers nobody took (unsolicited ones) would pile up over a session: each
+        # command's answer is bounded, their sum would not be.
+        c._imap.untagged_responses.clear()
         tag = c._imap._command(*args)
         typ, data = c._imap._command_complete("FETCH", tag)
         c._checkok("fetch", typ, data)
@@ -538,16 +545,52 @@ def _fields(text: bytes) -> dict[bytes, Any] | None:
     return d
 
 
+_MAP_CRLF = re.compile(rb"\r\n|\r(?!\n)|\n")
+
+
+def spool_crlf(body: BinaryIO, max_head: int) -> tuple[BinaryIO, bytes, int]:
+    """``body`` copied with every line end made CRLF (as IMAP wants a message, and as
+    imaplib's own APPEND did) into a temporary file that keeps 1 MiB in memory: the file at
+    offset 0, the header block (up to ``max_head`` bytes, for header hashes) and the size."""
+    spool = tempfile.SpooledTemporaryFile(max_size=1024 * 1024)
+    head = b""
+    size = 0
+    carry = b""
+    try:
+        while True:
+            chunk = body.read(1024 * 1024)
+            data = carry + chunk
+            carry = b""
+            if chunk and data.endswith(b"\r"):
+                data, carry = data[:-1], b"\r"  # maybe the first half of a CRLF
+            data = _MAP_CRLF.sub(b"\r\n", data)
+            if len(head) < max_head and b"\r\n\r\n" not in head:
+                head += data[: max_head - len(head)]
+            spool.write(data)
+            size += len(data)
+            if not chunk:
+                break
+    except BaseException:
+        spool.close()
+        raise
+    end = head.find(b"\r\n\r\n")
+    if end >= 0:
+        head = head[: end + 4]
+    spool.seek(0)
+    return spool, head, size  # type: ignore[return-value]
+
+
 class _ChunkedBody(io.RawIOBase):
     """A message body read from the server in partial fetches (``BODY.PEEK[]<off.len>``):
     never more than one chunk in memory."""
 
-    def __init__(self, mb: ImapcMailbox, uid: int, size: int | None) -> None:
+    def __init__(self, mb: ImapcMailbox, uid: int, size: int | None, first: bytes = b"") -> None:
         self.mb = mb
         self.uid = uid
         self.size = size
-        self.off = 0
-        self.buf = b""
+        self.off = len(first)  # a batch fetch brought the first chunk already
+        self.buf = first
+        self.pos = 0  # read position in buf (slicing off what was read would copy the rest)
         self.eof = False
 
     def readable(self) -> bool:
@@ -556,7 +599,8 @@ class _ChunkedBody(io.RawIOBase):
     def _fill(self) -> None:
         chunk = self.mb.storage.cfg.chunk_size
         conn = self.mb._reading()
-        got = raw_fetch(conn, str(self.uid), [f"BODY.PEEK[]<{self.off}.{chunk}>"], what=f"body of UID {self.uid}")
+        got = raw_fetch(conn, str(self.uid), [f"BODY.PEEK[]<{self.off}.{chunk}>"], what=f"body of UID {self.uid}",
+                        literal=chunk, response=chunk + 64 * 1024, why="imapc_fetch_chunk_size")
         item = got.get(self.uid)
         if item is None:
             if self.off == 0:
@@ -566,15 +610,16 @@ class _ChunkedBody(io.RawIOBase):
         data = next((v for k, v in item.items() if k.startswith(b"BODY[")), None) or b""
         self.off += len(data)
         self.buf = data
+        self.pos = 0
         if len(data) < chunk or (self.size is not None and self.off >= self.size):
             self.eof = True
 
     def readinto(self, b: Any) -> int:
-        if not self.buf and not self.eof:
+        if self.pos >= len(self.buf) and not self.eof:
             self._fill()
-        n = min(len(b), len(self.buf))
-        b[:n] = self.buf[:n]
-        self.buf = self.buf[n:]
+        n = min(len(b), len(self.buf) - self.pos)
+        b[:n] = memoryview(self.buf)[self.pos : self.pos + n]
+        self.pos += n
         return n
 
 
@@ -586,6 +631,7 @@ class ImapcMailbox(Mailbox):
         self.folder = folder
         self._uidvalidity = 0
         self._exists = 0
+        self._listed: list[int] | None = None  # all UIDs, from the last full listing
 
     @property
     def guid(self) -> str:
@@ -633,11 +679,26 @@ class ImapcMailbox(Mailbox):
 
     def _fetch_meta(self, uids: str, since_modseq: int = 0) -> dict[int, dict[bytes, Any]]:
         c = self._reselect()
+        self._listed = None
         if self._exists == 0:
             return {}
         mods = [f"CHANGEDSINCE {since_modseq}"] if since_modseq > 0 and c.condstore else None
-        got = raw_fetch(c, uids, self._meta_items(), mods, what="FLAGS")
-        if self.storage.conn.gmail and self.folder.special_use.lower() == "\\all":
+        key = (self.folder.raw, self._uidvalidity)
+        gmail_all = self.storage.conn.gmail and self.folder.special_use.lower() == "\\all"
+        # A full listing with no header hashes known yet (a first run, or no cache directory)
+        # brings the hashed header fields along: one command and one pass instead of three
+        # (the listing, UID SEARCH ALL for the duplicate numbering, the header fetch).
+        full = uids == "1:*" and mods is None and not gmail_all and not self.storage.cache.bases_of(key)
+        items = self._meta_items()
+        if full:
+            items.append(f"BODY.PEEK[HEADER.FIELDS ({' '.join(self.storage.cfg.hashed_headers)})]")
+        # One line per message: the answer may exceed the default bound in a big mailbox.
+        big = max(self.storage.cfg.max_response, self._exists * (16384 if full else 1024))
+        got = raw_fetch(c, uids, items, mods, what="FLAGS", response=big, why="imapc_max_response_size")
+        if full:
+            self._hash_blocks(got, key)
+            self._listed = sorted(got)  # every UID of the mailbox, as of this SELECT
+        if gmail_all:
             got = {u: d for u, d in got.items() if not _gmail_labelled(d)}
         return got
 
@@ -655,7 +716,7 @@ class ImapcMailbox(Mailbox):
         if all(u in overrides for u in uids):
             return {u: overrides[u] for u in uids}
         # Disambiguation needs every UID of the mailbox (duplicates number in UID order).
-        all_uids = self._all_uids()
+        all_uids = self._listed if self._listed is not None else self._all_uids()
         missing = [u for u in all_uids if u not in bases]
         if missing:
             self._hash(missing, key)
@@ -672,25 +733,32 @@ class ImapcMailbox(Mailbox):
             chunk = uids[i : i + cfg.fetch_batch]
             got = raw_fetch(c, uid_set(chunk), ["UID", "RFC822.SIZE", f"BODY.PEEK[HEADER.FIELDS ({fields})]"],
                             what="headers")
-            new: dict[int, str] = {}
-            bare: list[int] = []
-            for u, d in got.items():
+            self._hash_blocks(got, key)
+
+    def _hash_blocks(self, got: dict[int, dict[bytes, Any]], key: tuple[str, int]) -> None:
+        """Header hashes from fetched ``HEADER.FIELDS`` blocks (and RFC822.SIZE), into the cache."""
+        new: dict[int, str] = {}
+        bare: list[int] = []
+        for u, d in got.items():
+            block = next((v for k, v in d.items() if k.startswith(b"BODY[")), b"") or b""
+            if not block.strip():
+                bare.append(u)  # none of the fields: hash the whole header block
+                continue
+            new[u] = header_hash(block, d.get(b"RFC822.SIZE"))
+        c = self._reading()
+        for i in range(0, len(bare), self.storage.cfg.fetch_batch):
+            whole = raw_fetch(c, uid_set(bare[i : i + self.storage.cfg.fetch_batch]),
+                              ["UID", "RFC822.SIZE", "BODY.PEEK[HEADER]"], what="headers")
+            for u, d in whole.items():
                 block = next((v for k, v in d.items() if k.startswith(b"BODY[")), b"") or b""
-                if not block.strip():
-                    bare.append(u)  # none of the fields: hash the whole header block
-                    continue
                 new[u] = header_hash(block, d.get(b"RFC822.SIZE"))
-            if bare:
-                whole = raw_fetch(c, uid_set(bare), ["UID", "RFC822.SIZE", "BODY.PEEK[HEADER]"], what="headers")
-                for u, d in whole.items():
-                    block = next((v for k, v in d.items() if k.startswith(b"BODY[")), b"") or b""
-                    new[u] = header_hash(block, d.get(b"RFC822.SIZE"))
-            self.storage.cache.add("hash", key, new)
+        self.storage.cache.add("hash", key, new)
 
     def _records(self, got: dict[int, dict[bytes, Any]]) -> list[MessageRecord]:
         if not got:
             return []
         guids = self.guids(got)
+        sizes = self.storage._sizes.setdefault((self.folder.raw, self._uidvalidity), {})
         out = []
         for uid in sorted(got):
             d = got[uid]
@@ -710,6 +778,8 @@ class ImapcMailbox(Mailbox):
                     vsize=d.get(b"RFC822.SIZE"),
                 )
             )
+            if d.get(b"RFC822.SIZE") is not None:
+                sizes[uid] = d[b"RFC822.SIZE"]
         return out
 
     def records(self, since_modseq: int = 0) -> Iterator[MessageRecord]:
@@ -725,10 +795,17 @@ class ImapcMailbox(Mailbox):
             got.update(self._fetch_meta(uid_set(uids[i : i + batch])))
         return iter(self._records(got))
 
+    def expunges_complete_since(self) -> int:
+        """With QRESYNC, ``VANISHED (EARLIER)`` names every UID expunged since any modseq (a
+        server whose history is shorter names more, never fewer). Without it the server
+        names none: no modseq is complete, and the engine compares UID lists."""
+        return 0 if self.storage.conn.qresync else 2**63 - 1
+
     def expunges(self, since_modseq: int = 0) -> list[ExpungeRecord]:
         c = self.storage.conn
         if not c.qresync:
-            # Only QRESYNC tells what was expunged; without it the engine compares UID lists.
+            # Only QRESYNC tells what was expunged; expunges_complete_since() says so, and
+            # the engine compares UID lists instead.
             return []
         self._reselect()
         c.take_untagged("VANISHED")
@@ -768,12 +845,15 @@ class ImapcMailbox(Mailbox):
             return
         cfg = self.storage.cfg
         c = self._reading()
-        sizes: dict[int, int] = {}
-        want = sorted(set(uids))
+        # Sizes the listing brought (RFC822.SIZE of a UID never changes), the rest asked.
+        known = self.storage._sizes.get((self.folder.raw, int(c.select_resp.get(b"UIDVALIDITY", 0))), {})
+        sizes: dict[int, int] = {u: known[u] for u in uids if u in known}
+        want = sorted(set(uids) - sizes.keys())
         for i in range(0, len(want), cfg.fetch_batch * 10):
             got = raw_fetch(c, uid_set(want[i : i + cfg.fetch_batch * 10]), ["UID", "RFC822.SIZE"], what="sizes")
             sizes.update({u: int(d.get(b"RFC822.SIZE", 0)) for u, d in got.items()})
-        # Plan: groups of consecutive small messages (by the caller's order), big ones alone.
+        # Plan: groups of consecutive small messages (by the caller's order), big ones alone
+        # (their first chunk fetched ahead like a batch, the rest in partial fetches).
         plan: list[tuple[str, list[int]]] = []
         group: list[int] = []
         total = 0
@@ -783,7 +863,7 @@ class ImapcMailbox(Mailbox):
                 if group:
                     plan.append(("batch", group))
                     group, total = [], 0
-                plan.append(("one", [u]))
+                plan.append(("one" if s is None else "batch", [u]))
                 continue
             if group and (total + s > BATCH_BYTES or len(group) >= cfg.fetch_batch):
                 plan.append(("batch", group))
@@ -800,7 +880,7 @@ class ImapcMailbox(Mailbox):
             for kind, group in it:
                 fut = None
                 if kind == "batch":
-                    fut = ex.submit(self._fetch_batch, group) if ex is not None else None
+                    fut = ex.submit(self._fetch_batch, group, sizes) if ex is not None else None
                 pending.append((kind, group, fut))
                 if fut is not None or kind == "batch":
                     break
@@ -818,23 +898,36 @@ class ImapcMailbox(Mailbox):
                     else:
                         yield u, io.BufferedReader(_ChunkedBody(self, u, sizes[u]), 64 * 1024)  # type: ignore[misc]
                     continue
-                bodies = fut.result() if fut is not None else self._fetch_batch(group, self._reading())
+                bodies = fut.result() if fut is not None else self._fetch_batch(group, sizes, self._reading())
                 for u in group:
                     data = bodies.pop(u, None)
+                    if data is not None and len(data) >= cfg.chunk_size:
+                        # Bigger than RFC822.SIZE said (servers' sizes can be wrong): the
+                        # rest comes in partial fetches, as for a big message.
+                        yield u, io.BufferedReader(_ChunkedBody(self, u, None, data), 64 * 1024)  # type: ignore[misc]
+                        continue
                     yield u, (io.BytesIO(data) if data is not None else None)
         finally:
             for _k, _g, fut in pending:
                 if fut is not None:
                     fut.cancel()
 
-    def _fetch_batch(self, uids: list[int], conn: Connection | None = None) -> dict[int, bytes]:
+    def _fetch_batch(self, uids: list[int], sizes: dict[int, int], conn: Connection | None = None) -> dict[int, bytes]:
+        """Small bodies in one UID FETCH. Each is asked as its first ``chunk_size`` bytes
+        (``BODY.PEEK[]<0.n>``), so no literal can be longer than that whatever sizes the
+        server claimed, and the whole answer is bounded by twice the planned bytes."""
+        chunk = self.storage.cfg.chunk_size
+        planned = sum(sizes.get(u, 0) for u in uids)
+        args = (uid_set(uids), ["UID", f"BODY.PEEK[]<0.{chunk}>"])
+        bounds = {"what": "bodies", "literal": chunk, "response": 2 * planned + 4096 * len(uids) + 1024 * 1024,
+                  "why": "imapc_fetch_chunk_size", "response_why": "twice the RFC822.SIZEs the server announced"}
         if conn is not None:
-            got = raw_fetch(conn, uid_set(uids), ["UID", "BODY.PEEK[]"], what="bodies")
+            got = raw_fetch(conn, *args, **bounds)  # type: ignore[arg-type]
         else:
             with self.storage._worker_conn() as wc:
                 if wc.selected != self.folder.raw:
                     wc.select(self.folder.raw, self.name)
-                got = raw_fetch(wc, uid_set(uids), ["UID", "BODY.PEEK[]"], what="bodies")
+                got = raw_fetch(wc, *args, **bounds)  # type: ignore[arg-type]
         out = {}
         for u, d in got.items():
             data = next((v for k, v in d.items() if k.startswith(b"BODY[")), None)
@@ -847,41 +940,39 @@ class ImapcMailbox(Mailbox):
         c = self.storage.conn
         out: list[MessageRecord] = []
         for req in requests:
-            parts = []
-            while True:
-                chunk = req.body.read(1024 * 1024)
-                if not chunk:
-                    break
-                parts.append(chunk)
-            data = b"".join(parts)  # imaplib sends a literal from memory
-            if req.guid and not self.storage.have_save_guids:
-                own = local_header_hash(data, self.storage.cfg.hashed_headers)
-                if req.guid != own:
-                    # Its GUID would be forgotten, and the next run would copy it back: refuse.
-                    raise StorageError(
-                        f"{self.name}: can't keep the GUID of a message saved to an IMAP server without a cache "
-                        "directory; give one in the location (imapc:~/imapc-cache)"
-                    )
-            flags = sorted(req.flags | req.keywords)
-            when = datetime.fromtimestamp(req.internaldate, UTC) if req.internaldate else None
-            with c.guard(f"APPEND to {self.name}", missing=self.name):
-                resp = c.client.append(self.folder.raw, data, flags=flags, msg_time=when)
-            m = _APPENDUID.search(resp if isinstance(resp, bytes) else str(resp).encode())
-            if m:
-                uidvalidity, uid = int(m.group(1)), int(parse_uid_set(m.group(2).decode())[-1])
-            else:
-                # No UIDPLUS: the newest message is ours (assumes no delivery meanwhile).
-                self._reselect()
-                uidvalidity = self._uidvalidity
-                uid = self._all_uids()[-1]
-            self._uidvalidity = uidvalidity
-            key = (self.folder.raw, uidvalidity)
-            if req.guid:
-                self.storage.cache.add("guid", key, {uid: req.guid})
-            recs = list(self.records_by_uid([uid]))
-            if recs:
-                out.append(recs[0])
+            # The literal's size comes first: the body is spooled (1 MiB in memory, the
+            # rest on disk) with its line ends made CRLF, then sent in pieces.
+            spool, head, size = spool_crlf(req.body, self.storage.cfg.max_line)
+            with spool:
+                out.extend(self._append_one(c, req, spool, head, size))
         return out
+
+    def _append_one(self, c: Connection, req: SaveRequest, spool: BinaryIO, head: bytes,
+                    size: int) -> list[MessageRecord]:
+        if req.guid and not self.storage.have_save_guids:
+            own = local_header_hash(head, self.storage.cfg.hashed_headers, size)
+            if req.guid != own:
+                # Its GUID would be forgotten, and the next run would copy it back: refuse.
+                raise StorageError(
+                    f"{self.name}: can't keep the GUID of a message saved to an IMAP server without a cache "
+                    "directory; give one in the location (imapc:~/imapc-cache)"
+                )
+        flags = sorted(req.flags | req.keywords)
+        when = datetime.fromtimestamp(req.internaldate, UTC) if req.internaldate else None
+        resp = c.append(self.folder.raw, self.name, flags, when, spool, size)
+        m = _APPENDUID.search(resp)
+        if m:
+            uidvalidity, uid = int(m.group(1)), int(parse_uid_set(m.group(2).decode())[-1])
+        else:
+            # No UIDPLUS: the newest message is ours (assumes no delivery meanwhile).
+            self._reselect()
+            uidvalidity = self._uidvalidity
+            uid = self._all_uids()[-1]
+        self._uidvalidity = uidvalidity
+        key = (self.folder.raw, uidvalidity)
+        if req.guid:
+            self.storage.cache.add("guid", key, {uid: req.guid})
+        return list(self.records_by_uid([uid]))[:1]
 
     def update_flags(self, updates: Iterable[FlagUpdate]) -> list[MessageRecord]:
         updates = list(updates)

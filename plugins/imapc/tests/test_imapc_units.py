@@ -86,6 +86,19 @@ def test_settings() -> None:
             load_config(Settings(bad))
 
 
+def test_bound_settings() -> None:
+    base = {"imapc_host": "h", "imapc_user": "u"}
+    cfg = load_config(Settings(base))
+    assert (cfg.max_line, cfg.max_response, cfg.chunk_size) == (16 << 20, 256 << 20, 1 << 20)
+    cfg = load_config(Settings({**base, "imapc_max_line_length": "1M", "imapc_max_response_size": "2G"}))
+    assert (cfg.max_line, cfg.max_response) == (1 << 20, 2 << 30)
+    # Floors: a bound too small to read a greeting or a listing is raised to the floor.
+    cfg = load_config(Settings({**base, "imapc_max_line_length": "10", "imapc_max_response_size": "10"}))
+    assert (cfg.max_line, cfg.max_response) == (64 << 10, 1 << 20)
+    with pytest.raises(ConfigError, match="imapc_max_line_length"):
+        load_config(Settings({**base, "imapc_max_line_length": "lots"}))
+
+
 def test_fast_fetch_parser_matches_imapclient() -> None:
     from dsync_imapc.storage import _fast_parse
     from imapclient.response_parser import parse_fetch_response
