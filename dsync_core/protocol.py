@@ -965,8 +965,14 @@ class SocketChannel:
     """A channel over a connected (possibly TLS-wrapped) socket."""
 
     def __init__(self, sock: Any, timeout: float | None = None) -> None:
+        import socket
+
         self.sock = sock
         sock.settimeout(timeout or None)
+        # Requests and answers are small frames written back to back: with Nagle's
+        # algorithm the second would wait for the peer's delayed ACK (40 ms a turnaround).
+        if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def read(self, n: int) -> bytes:
         return self.sock.recv(n)

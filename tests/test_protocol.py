@@ -200,3 +200,19 @@ def test_fuzz_value_decoders_only_raise_protocol_errors(obj: object) -> None:
             conv(obj)
         except ProtocolError:
             pass
+
+
+def test_tcp_channels_turn_nagle_off() -> None:
+    """Frames are written back to back; over TCP each side sends them without waiting for
+    the peer's delayed ACK. Unix socket pairs (no such option) work as before."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        client = socket.create_connection(srv.getsockname())
+        server, _ = srv.accept()
+        for s in (client, server):
+            SocketChannel(s, 5)
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            s.close()
+    a, b = socket.socketpair()
+    SocketChannel(a, 5)
+    a.close()
+    b.close()

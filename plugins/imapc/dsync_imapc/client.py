@@ -118,8 +118,15 @@ def _client_class() -> Any:
         def _create_IMAP4(self) -> Any:
             timeout = getattr(self._timeout, "connect", None)
             if self.ssl:
-                return BoundedTLS(self._limits, self.host, self.port, self.ssl_context, timeout)
-            return BoundedPlain(self._limits, self.host, self.port, timeout)
+                imap = BoundedTLS(self._limits, self.host, self.port, self.ssl_context, timeout)
+            else:
+                imap = BoundedPlain(self._limits, self.host, self.port, timeout)
+            # imaplib sends a command's pieces in separate writes (AUTHENTICATE's answer and
+            # its CRLF, an APPEND literal and its CRLF): with Nagle's algorithm the last small
+            # piece waits for the server's delayed ACK, 40 ms per exchange.
+            with contextlib.suppress(OSError):
+                imap.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return imap
 
     return Client
 

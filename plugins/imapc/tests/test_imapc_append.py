@@ -118,3 +118,25 @@ def test_append_literal_kinds(imap, tmp_path: Path, mode: str) -> None:  # type:
     else:
         assert all(line.rstrip().endswith(b"+}") for line in proxy.appends)
     assert _server_bodies(imap) == bodies
+
+
+def test_connections_send_without_nagle_delay(imap) -> None:  # type: ignore[no-untyped-def]
+    """imaplib writes a command's last piece (AUTHENTICATE's answer, an APPEND literal's
+    CRLF) separately; with Nagle's algorithm on, it waits for the server's delayed ACK
+    (40 ms per login and per APPEND), so every connection turns it off."""
+    import socket
+
+    from dsync_imapc.client import Connection
+    from dsync_imapc.config import load_config
+
+    from dsync_core.settings import Settings
+
+    cfg = load_config(Settings({"imapc_host": "127.0.0.1", "imapc_port": str(imap.port), "imapc_user": imap.user,
+                                "imapc_password": imap.password}))
+    conn = Connection(cfg)
+    try:
+        sock = conn.client._imap.sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert conn.client.noop()  # a connection that logged in and still answers
+    finally:
+        conn.close()
