@@ -19,6 +19,10 @@ from .errors import LockTimeoutError, StorageError
 
 _POLL = 0.05
 EMPTY_STALE_AFTER = 5.0
+# A lock holding a target's new content (see DotLock.abandoned_after), unchanged this long
+# and locked by no process, was left by a killed writer: Dovecot holds such a lock for
+# one small write.
+ABANDONED_AFTER = 5.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -31,14 +35,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _fcntl_held(path: str) -> bool:
+    """Whether another process holds a POSIX lock on ``path`` (tested with a shared lock,
+    released at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class DotLock:
     """``path + '.lock'`` held exclusively; usable as a context manager."""
 
-    def __init__(self, path: str, *, timeout: float = 120.0, stale_after: float = 120.0) -> None:
+    def __init__(self, path: str, *, timeout: float = 120.0, stale_after: float = 120.0,
+                 abandoned_after: float | None = None) -> None:
         self.target = path
         self.path = path + ".lock"
         self.timeout = timeout
         self.stale_after = stale_after
+        # For locks whose file becomes the new target (dovecot-keywords): once the owner
+        # wrote the new content, no pid says who it is. Such a lock that no process holds
+        # an fcntl lock on (our writers do while writing) and that has not changed for
+        # this long was left by a killed writer (Dovecot holds it for one small write).
+        self.abandoned_after = abandoned_after
         self._held = False
         self._last_touch = 0.0
 
@@ -55,11 +81,15 @@ class DotLock:
         if host.strip() == socket.gethostname() and pid_s.isdigit():
             if not _pid_alive(int(pid_s)):
                 return True
-        if not content and time.time() - st.st_mtime > EMPTY_STALE_AFTER:
+        age = time.time() - st.st_mtime
+        if not content and age > EMPTY_STALE_AFTER:
             # A writer that creates with O_EXCL and then writes (Dovecot's default) was
             # killed in between: nobody can own an empty lock for seconds.
             return True
-        return time.time() - st.st_mtime > self.stale_after
+        owner_line = pid_s.isdigit() and bool(host.strip()) and "\n" not in content
+        if self.abandoned_after is not None and not owner_line and age > self.abandoned_after:
+            return not _fcntl_held(self.path)
+        return age > self.stale_after
 
     def _create(self, content: bytes, tmp: str) -> bool:
         """Create the lock file with its content in one step; False if it exists.
@@ -133,6 +163,21 @@ class DotLock:
             except OSError:
                 pass
             self._last_touch = time.monotonic()
+
+    def write_content(self, data: bytes, *, fsync: bool = True) -> None:
+        """Make the lock file hold the target's new content (then :meth:`replace_target`),
+        as Dovecot writes dovecot-keywords and subscriptions. An fcntl lock is held while
+        the owner line is overwritten, so that a killed writer's lock is known abandoned
+        (``abandoned_after``) rather than waited for until it is stale."""
+        if not self._held:
+            raise RuntimeError("write_content() without holding the lock")
+        with open(self.path, "r+b") as f:
+            fcntl.lockf(f.fileno(), fcntl.LOCK_EX)
+            f.truncate()
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fdatasync(f.fileno())
 
     def replace_target(self) -> None:
         """Rename the lock file (holding new content) over the target: write and unlock."""

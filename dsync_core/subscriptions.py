@@ -7,10 +7,8 @@ LF -> 0x01 'n', NUL -> 0x01 '0'). Rewritten under a dotlock, then renamed into p
 
 from __future__ import annotations
 
-import os
-
 from .errors import StorageError
-from .lock import DotLock
+from .lock import ABANDONED_AFTER, DotLock
 
 _ESC = {"\x01": "\x011", "\t": "\x01t", "\r": "\x01r", "\n": "\x01n", "\x00": "\x010"}
 _UNESC = {v[1]: k for k, v in _ESC.items()}
@@ -69,12 +67,9 @@ def write_subscriptions(path: str, names: list[list[str]]) -> None:
         lines.append("\t".join(tab_escape(p) for p in levels))
     data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
     try:
-        with DotLock(path, timeout=30, stale_after=120) as lock:
+        with DotLock(path, timeout=30, stale_after=120, abandoned_after=ABANDONED_AFTER) as lock:
             # Dovecot writes the new content into the .lock file, then renames it over.
-            with open(lock.path, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            lock.write_content(data)
             lock.replace_target()
     except OSError as e:
         raise StorageError(f"Cannot write {path}: {e.strerror}") from None

@@ -67,6 +67,38 @@ def test_dotlock_old_mtime_is_stale(tmp_path: Path) -> None:
         pass
 
 
+def test_abandoned_content_lock(tmp_path: Path) -> None:
+    """A lock whose file already holds the new content (dovecot-keywords) names no owner:
+    left by a killed writer (unchanged, no fcntl lock) it is broken after
+    ``abandoned_after`` seconds, not the 120-s stale time; while a live process holds an
+    fcntl lock on it, or while it is fresh, it is respected."""
+    target = str(tmp_path / "dovecot-keywords")
+    lockfile = Path(target + ".lock")
+    lockfile.write_text("0 work\n1 $Forwarded\n")
+    with pytest.raises(LockTimeoutError):
+        DotLock(target, timeout=0.3, stale_after=120, abandoned_after=5).acquire()  # fresh
+    old = time.time() - 30
+    os.utime(lockfile, (old, old))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'r+b'); "
+         "fcntl.lockf(f.fileno(), fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(lockfile)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockTimeoutError):
+            DotLock(target, timeout=0.3, stale_after=120, abandoned_after=5).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    os.utime(lockfile, (old, old))
+    with pytest.raises(LockTimeoutError):  # without the option, only the stale time counts
+        DotLock(target, timeout=0.3, stale_after=120).acquire()
+    t0 = time.monotonic()
+    with DotLock(target, timeout=5, stale_after=120, abandoned_after=5):
+        pass
+    assert time.monotonic() - t0 < 2
+
+
 def test_dotlock_replace_target(tmp_path: Path) -> None:
     target = tmp_path / "subscriptions"
     target.write_text("old")

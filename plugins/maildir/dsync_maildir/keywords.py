@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from dsync_core.errors import StorageError
-from dsync_core.lock import DotLock
+from dsync_core.lock import ABANDONED_AFTER, DotLock
 
 FILENAME = "dovecot-keywords"
 MAX_KEYWORDS = 26
@@ -107,15 +107,11 @@ def read(path: str) -> tuple[Keywords, os.stat_result | None]:
 def write(path: str, kw: Keywords, old_stat: os.stat_result | None, *, fsync: bool = True,
           chown: Callable[[str], None] | None = None) -> None:
     """Write through ``dovecot-keywords.lock`` renamed over the file (uidlist lock held)."""
-    lock = DotLock(path, timeout=30, stale_after=120)
+    lock = DotLock(path, timeout=30, stale_after=120, abandoned_after=ABANDONED_AFTER)
     try:
         lock.acquire()
         try:
-            with open(lock.path, "wb") as f:
-                f.write(kw.format())
-                f.flush()
-                if fsync:
-                    os.fdatasync(f.fileno())
+            lock.write_content(kw.format(), fsync=fsync)
             if chown:
                 chown(lock.path)
             if old_stat is not None:
