@@ -90,6 +90,14 @@ class MailboxChanges(abc.ABC):
         an entry per message."""
         return {e.extra: e.uid for e in self.entries()}
 
+    def iter_extras(self) -> Iterator[tuple[str, int]]:
+        """``(extra, uid)`` of every entry, streamed: :meth:`extras` without the dict."""
+        return ((e.extra, e.uid) for e in self.entries())
+
+    def uids(self) -> set[int]:
+        """The UIDs of every entry."""
+        return {e.uid for e in self.entries()}
+
     @abc.abstractmethod
     def expunges(self, since_modseq: int = 0) -> list[ExpungeRecord]:
         """Expunge records above ``since_modseq``, ascending modseq then UID."""
@@ -189,6 +197,15 @@ CREATE TABLE IF NOT EXISTS expunge (
     modseq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS expunge_modseq ON expunge (mbox, modseq);
+-- A mailbox's message and unseen counts, valid while modseq = mailbox.highestmodseq (every
+-- commit that changes a row raises highestmodseq, and keeps the counts in step), so status
+-- costs no count over a big mailbox's rows.
+CREATE TABLE IF NOT EXISTS counts (
+    guid TEXT PRIMARY KEY,
+    modseq INTEGER NOT NULL,
+    messages INTEGER NOT NULL,
+    unseen INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS mailbox_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     type INTEGER NOT NULL,
@@ -245,6 +262,7 @@ class SqliteChangeLog(ChangeLog):
             db.execute("DELETE FROM msg WHERE mbox=?", (guid,))
             db.execute("DELETE FROM expunge WHERE mbox=?", (guid,))
             db.execute("DELETE FROM mailbox WHERE guid=?", (guid,))
+            db.execute("DELETE FROM counts WHERE guid=?", (guid,))
 
     def locate(self, guids: Iterable[str]) -> dict[str, tuple[str, int]] | None:
         wanted = sorted(set(guids))
@@ -299,13 +317,22 @@ class _SqliteMailboxChanges(MailboxChanges):
             if cached is not None and cached[0] == version:
                 return cached[1]
             row = db.execute("SELECT highestmodseq, stamp FROM mailbox WHERE guid=?", (self.guid,)).fetchone()
-            counts = db.execute(
-                "SELECT count(*), coalesce(sum(1 - seen), 0) FROM msg WHERE mbox=?", (self.guid,)
-            ).fetchone()
             hm, stamp = row if row else (0, "")
+            counts = self._counts(db, hm)
             meta = MailboxMeta(highestmodseq=hm, messages=counts[0], unseen=counts[1], stamp=stamp)
             self.log._meta_cache[self.guid] = (version, meta)
         return meta
+
+    def _counts(self, db: sqlite3.Connection, highestmodseq: int) -> tuple[int, int]:
+        """(messages, unseen): stored ones while valid, else counted (the next commit
+        stores them)."""
+        row = db.execute("SELECT modseq, messages, unseen FROM counts WHERE guid=?", (self.guid,)).fetchone()
+        if row is not None and row[0] == highestmodseq:
+            return row[1], row[2]
+        counted = db.execute(
+            "SELECT count(*), coalesce(sum(1 - seen), 0) FROM msg WHERE mbox=?", (self.guid,)
+        ).fetchone()
+        return counted[0], counted[1]
 
     def entries(self, since_modseq: int = 0) -> Iterator[Entry]:
         db = self.log.db
@@ -340,6 +367,17 @@ class _SqliteMailboxChanges(MailboxChanges):
         with self.log._lock:
             return dict(self.log.db.execute("SELECT extra, uid FROM msg WHERE mbox=?", (self.guid,)))
 
+    def iter_extras(self) -> Iterator[tuple[str, int]]:
+        """``(extra, uid)`` of every message, streamed (iterate to the end: the log's lock
+        is held meanwhile)."""
+        with self.log._lock:
+            yield from self.log.db.execute("SELECT extra, uid FROM msg WHERE mbox=?", (self.guid,))
+
+    def uids(self) -> set[int]:
+        """The UIDs of every message the log holds."""
+        with self.log._lock:
+            return {u for (u,) in self.log.db.execute("SELECT uid FROM msg WHERE mbox=?", (self.guid,))}
+
     def expunges(self, since_modseq: int = 0) -> list[ExpungeRecord]:
         with self.log._lock:
             rows = self.log.db.execute(
@@ -369,10 +407,18 @@ class _SqliteMailboxChanges(MailboxChanges):
                 highest = row[0]
             new_modseq = highest + 1
             changed = False
+            messages, unseen = self._counts(db, highest)
             if upserts:
                 existing = {
                     e.uid: e for e in self.entries_by_uid(e.uid for e in upserts)
                 }
+                for e in {e.uid: e for e in upserts}.values():  # the last of a UID wins, as in SQL
+                    old = existing.get(e.uid)
+                    unseen += "\\Seen" not in e.flags
+                    if old is None:
+                        messages += 1
+                    else:
+                        unseen -= "\\Seen" not in old.flags
                 rows = []
                 for e in upserts:
                     old = existing.get(e.uid)
@@ -396,13 +442,15 @@ class _SqliteMailboxChanges(MailboxChanges):
                     chunk = expunged[i : i + 500]
                     marks = ",".join("?" * len(chunk))
                     gone = db.execute(
-                        f"SELECT uid, guid FROM msg WHERE mbox=? AND uid IN ({marks})", (self.guid, *chunk)
+                        f"SELECT uid, guid, seen FROM msg WHERE mbox=? AND uid IN ({marks})", (self.guid, *chunk)
                     ).fetchall()
                     if gone:
                         changed = True
+                        messages -= len(gone)
+                        unseen -= sum(1 for _u, _g, seen in gone if not seen)
                         db.executemany(
                             "INSERT INTO expunge (mbox, uid, guid, modseq) VALUES (?,?,?,?)",
-                            [(self.guid, u, g, new_modseq) for u, g in gone],
+                            [(self.guid, u, g, new_modseq) for u, g, _s in gone],
                         )
                         db.execute(f"DELETE FROM msg WHERE mbox=? AND uid IN ({marks})", (self.guid, *chunk))
             top = max(e.modseq for e in upserts) if upserts else 0
@@ -420,6 +468,7 @@ class _SqliteMailboxChanges(MailboxChanges):
                 "UPDATE mailbox SET highestmodseq=?, stamp=coalesce(?, stamp) WHERE guid=?",
                 (result, stamp, self.guid),
             )
+            db.execute("INSERT OR REPLACE INTO counts VALUES (?,?,?,?)", (self.guid, result, messages, unseen))
         return result
 
     def reset(self) -> None:
@@ -427,6 +476,7 @@ class _SqliteMailboxChanges(MailboxChanges):
             db.execute("DELETE FROM msg WHERE mbox=?", (self.guid,))
             db.execute("DELETE FROM expunge WHERE mbox=?", (self.guid,))
             db.execute("UPDATE mailbox SET stamp='' WHERE guid=?", (self.guid,))
+            db.execute("DELETE FROM counts WHERE guid=?", (self.guid,))
 
 
 __all__ = ["ChangeLog", "MailboxChanges", "MailboxMeta", "Entry", "SqliteChangeLog"]

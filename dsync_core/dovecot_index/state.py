@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterable
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Mapping
 
 import attrs
 
@@ -98,6 +100,177 @@ class Message:
     modseq: int = 0
 
 
+class MessageTable(Mapping[int, Message]):
+    """Every message of an index: UID, flags, keywords and modseq, in parallel arrays
+    (14 bytes a message instead of a ~300-byte object and dict slot: a 100k-message
+    mailbox's state fits in 1.4 MB). Reads give :class:`Message` snapshots; changes go
+    through the ``set_*`` methods. UIDs are kept ascending; an expunged message leaves a
+    hole that is squeezed out once holes are half the table."""
+
+    __slots__ = ("_uids", "_flags", "_modseqs", "_alive", "_keywords", "_len")
+
+    def __init__(self) -> None:
+        self._uids = array("I")
+        self._flags = bytearray()
+        self._modseqs = array("Q")
+        self._alive = bytearray()
+        self._keywords: dict[int, frozenset[str]] = {}  # only messages that have some
+        self._len = 0
+
+    def _find(self, uid: int) -> int:
+        """The slot of a live ``uid``, or -1."""
+        i = bisect_left(self._uids, uid)
+        if i < len(self._uids) and self._uids[i] == uid and self._alive[i]:
+            return i
+        return -1
+
+    def _slot(self, uid: int) -> int:
+        i = self._find(uid)
+        if i < 0:
+            raise KeyError(uid)
+        return i
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __contains__(self, uid: object) -> bool:
+        return isinstance(uid, int) and self._find(uid) >= 0
+
+    def __iter__(self) -> Iterator[int]:
+        alive = self._alive
+        return (u for i, u in enumerate(self._uids) if alive[i])
+
+    def _message(self, i: int) -> Message:
+        uid = self._uids[i]
+        return Message(uid, self._flags[i], self._keywords.get(uid, frozenset()), self._modseqs[i])
+
+    def __getitem__(self, uid: int) -> Message:
+        return self._message(self._slot(uid))
+
+    def get(self, uid: int, default: Message | None = None) -> Message | None:  # type: ignore[override]
+        i = self._find(uid)
+        return self._message(i) if i >= 0 else default
+
+    def values(self) -> Iterator[Message]:  # type: ignore[override]
+        alive = self._alive
+        return (self._message(i) for i in range(len(self._uids)) if alive[i])
+
+    def items(self) -> Iterator[tuple[int, Message]]:  # type: ignore[override]
+        return ((m.uid, m) for m in self.values())
+
+    def uids_between(self, uid1: int, uid2: int) -> list[int]:
+        """Live UIDs in ``uid1..uid2`` (inclusive), ascending."""
+        lo, hi = bisect_left(self._uids, uid1), bisect_right(self._uids, uid2)
+        alive = self._alive
+        return [self._uids[i] for i in range(lo, hi) if alive[i]]
+
+    def add(self, uid: int, flags: int, modseq: int = 0, keywords: frozenset[str] = frozenset()) -> bool:
+        """A new message; False (and nothing changed) when ``uid`` is already there."""
+        uids = self._uids
+        if uids and uid <= uids[-1]:
+            i = bisect_left(uids, uid)
+            if uids[i] == uid:
+                if self._alive[i]:
+                    return False
+                # The hole of an expunged message: reused in place.
+                self._flags[i], self._modseqs[i], self._alive[i] = flags & 0xFF, modseq, 1
+            else:
+                uids.insert(i, uid)
+                self._flags.insert(i, flags & 0xFF)
+                self._modseqs.insert(i, modseq)
+                self._alive.insert(i, 1)
+        else:
+            uids.append(uid)
+            self._flags.append(flags & 0xFF)
+            self._modseqs.append(modseq)
+            self._alive.append(1)
+        if keywords:
+            self._keywords[uid] = keywords
+        self._len += 1
+        return True
+
+    def add_many(self, records: list[tuple[int, int]], modseq: int) -> int:
+        """``(uid, flags)`` of an append record, all with ``modseq``; UIDs already there
+        (or 0) are skipped. Returns the highest UID named (0 if none)."""
+        if not records:
+            return 0
+        uids = self._uids
+        first, top = records[0][0], max(u for u, _ in records)
+        ascending = all(records[i][0] < records[i + 1][0] for i in range(len(records) - 1))
+        if ascending and first >= 1 and (not uids or first > uids[-1]):
+            # The usual case (Dovecot appends in ascending UID order): arrays extended at once.
+            n = len(records)
+            uids.extend(u for u, _ in records)
+            self._flags.extend(f & 0xFF for _, f in records)
+            self._modseqs.extend(array("Q", [modseq]) * n)
+            self._alive.extend(b"\x01" * n)
+            self._len += n
+            return top
+        for uid, flags in records:
+            if uid >= 1:
+                self.add(uid, flags, modseq)
+        return top
+
+    def remove(self, uid: int) -> bool:
+        i = self._find(uid)
+        if i < 0:
+            return False
+        self._alive[i] = 0
+        self._keywords.pop(uid, None)
+        self._len -= 1
+        if len(self._uids) > 64 and self._len * 2 < len(self._uids):
+            self._squeeze()
+        return True
+
+    def _squeeze(self) -> None:
+        keep = [i for i in range(len(self._uids)) if self._alive[i]]
+        self._uids = array("I", (self._uids[i] for i in keep))
+        self._flags = bytearray(self._flags[i] for i in keep)
+        self._modseqs = array("Q", (self._modseqs[i] for i in keep))
+        self._alive = bytearray(b"\x01" * len(keep))
+
+    def set_flags(self, uid: int, flags: int) -> None:
+        self._flags[self._slot(uid)] = flags & 0xFF
+
+    def set_modseq(self, uid: int, modseq: int) -> None:
+        self._modseqs[self._slot(uid)] = modseq
+
+    def set_keywords(self, uid: int, keywords: frozenset[str]) -> None:
+        self._slot(uid)
+        if keywords:
+            self._keywords[uid] = keywords
+        else:
+            self._keywords.pop(uid, None)
+
+    def keywords_of(self, uid: int) -> frozenset[str]:
+        self._slot(uid)
+        return self._keywords.get(uid, frozenset())
+
+    def modseq_of(self, uid: int) -> int:
+        return self._modseqs[self._slot(uid)]
+
+    def fill_modseqs(self, modseq: int) -> None:
+        """Messages without a modseq (0) get ``modseq``."""
+        mods = self._modseqs
+        for i in range(len(mods)):
+            if mods[i] == 0:
+                mods[i] = modseq
+
+    def update_flags(self, uid: int, add: int, remove: int) -> None:
+        i = self._slot(uid)
+        self._flags[i] = (self._flags[i] & ~remove & 0xFF) | add
+
+    def raise_modseqs(self, at_least: int) -> None:
+        """Every message's modseq to at least ``at_least``."""
+        mods = self._modseqs
+        for i in range(len(mods)):
+            if mods[i] < at_least:
+                mods[i] = at_least
+
+
 @attrs.frozen
 class Expunge:
     uid: int
@@ -133,7 +306,7 @@ class IndexState:
         struct.pack_into("<I", self.base, OFF_FIRST_RECENT_UID, 1)
         self.ext_order: list[str] = []
         self.extensions: dict[str, Extension] = {}
-        self.messages: dict[int, Message] = {}
+        self.messages = MessageTable()
         self.keywords: list[str] = []
         self.expunges: list[Expunge] = []
         self.log_modseq = 0
@@ -375,7 +548,7 @@ class IndexState:
                     msg.modseq = struct.unpack_from("<Q", raw, 0)[0]
                 elif ext.name != "cache":
                     ext.records[uid] = bytes(raw)
-            self.messages[uid] = msg
+            self.messages.add(uid, msg.flags, msg.modseq, msg.keywords)
         self._pending_seed = True
 
     # -- log replay --------------------------------------------------------------------
@@ -404,16 +577,12 @@ class IndexState:
         the snapshot (Dovecot reports its highest modseq for them until it fills them in)."""
         self._pending_seed = False
         fallback = max(self.log_modseq, self._index_modseq)
-        for msg in self.messages.values():
-            if msg.modseq == 0:
-                msg.modseq = fallback
+        self.messages.fill_modseqs(fallback)
 
     def _uids_in(self, uid1: int, uid2: int) -> list[int]:
         if uid1 > uid2:
             uid1, uid2 = uid2, uid1
-        if uid2 - uid1 < 64:
-            return [u for u in range(uid1, uid2 + 1) if u in self.messages]
-        return [u for u in self.messages if uid1 <= u <= uid2]
+        return self.messages.uids_between(uid1, uid2)
 
     def _apply(self, rec: lf.LogRecord, apply: bool) -> None:
         kind, p = rec.kind, rec.payload
@@ -421,11 +590,7 @@ class IndexState:
             self.log_modseq += 1
             if apply and len(p) >= 8:
                 # A bulk append holds thousands of records: one pass, the next UID set once.
-                messages, modseq, top = self.messages, self.log_modseq, 0
-                for uid, flags in struct.iter_unpack("<IB3x", p[: len(p) & ~7]):
-                    if uid not in messages and uid >= 1:
-                        messages[uid] = Message(uid, flags, frozenset(), modseq)
-                    top = max(top, uid)
+                top = self.messages.add_many(list(struct.iter_unpack("<IB3x", p[: len(p) & ~7])), self.log_modseq)
                 struct.pack_into("<I", self.base, OFF_NEXT_UID, max(self.next_uid, top + 1))
         elif kind in (lf.T_EXPUNGE, lf.T_EXPUNGE_GUID):
             if not rec.external:
@@ -455,10 +620,9 @@ class IndexState:
                     u1, u2, add, remove, inc = struct.unpack_from("<IIBBB", p, i)
                     visible = inc or (add | remove) & ~lf.INTERNAL_FLAGS & 0xFF
                     for uid in self._uids_in(u1, u2):
-                        m = self.messages[uid]
-                        m.flags = (m.flags & ~remove & 0xFF) | add
+                        self.messages.update_flags(uid, add, remove)
                         if visible:
-                            m.modseq = self.log_modseq
+                            self.messages.set_modseq(uid, self.log_modseq)
         elif kind == lf.T_KEYWORD_UPDATE:
             self.log_modseq += 1
             if apply and len(p) >= 4:
@@ -471,29 +635,24 @@ class IndexState:
                 for i in range(off, len(p) - 7, 8):
                     u1, u2 = struct.unpack_from("<II", p, i)
                     for uid in self._uids_in(u1, u2):
-                        m = self.messages[uid]
-                        if modify == 0:
-                            m.keywords = m.keywords | {name}
-                        else:
-                            m.keywords = m.keywords - {name}
-                        m.modseq = self.log_modseq
+                        kws = self.messages.keywords_of(uid)
+                        self.messages.set_keywords(uid, kws | {name} if modify == 0 else kws - {name})
+                        self.messages.set_modseq(uid, self.log_modseq)
         elif kind == lf.T_KEYWORD_RESET:
             self.log_modseq += 1
             if apply:
                 for i in range(0, len(p) - 7, 8):
                     u1, u2 = struct.unpack_from("<II", p, i)
                     for uid in self._uids_in(u1, u2):
-                        m = self.messages[uid]
-                        m.keywords = frozenset()
-                        m.modseq = self.log_modseq
+                        self.messages.set_keywords(uid, frozenset())
+                        self.messages.set_modseq(uid, self.log_modseq)
         elif kind == lf.T_MODSEQ_UPDATE:
             for i in range(0, len(p) - 11, 12):
                 uid, low, high = struct.unpack_from("<III", p, i)
                 value = (high << 32) | low
                 self.log_modseq = max(self.log_modseq, value)
                 if apply and uid in self.messages:
-                    m = self.messages[uid]
-                    m.modseq = max(m.modseq, value)
+                    self.messages.set_modseq(uid, max(self.messages.modseq_of(uid), value))
         elif kind == lf.T_ATTRIBUTE_UPDATE:
             self.log_modseq += 1
         elif not apply:
@@ -534,8 +693,7 @@ class IndexState:
                 if uid in self.messages:
                     data = p[i + 4 : i + 4 + size]
                     if ext.name == EXT_MODSEQ and size >= 8:
-                        m = self.messages[uid]
-                        m.modseq = struct.unpack_from("<Q", data, 0)[0]
+                        self.messages.set_modseq(uid, struct.unpack_from("<Q", data, 0)[0])
                     else:
                         ext.records[uid] = data[: ext.record_size].ljust(ext.record_size, b"\0")
         elif kind == lf.T_EXT_ATOMIC_INC:
@@ -555,7 +713,7 @@ class IndexState:
             self.deleted = False
 
     def _drop(self, uid: int) -> None:
-        if self.messages.pop(uid, None) is None:
+        if not self.messages.remove(uid):
             return
         for ext in self.extensions.values():
             ext.records.pop(uid, None)
@@ -588,8 +746,7 @@ class IndexState:
             if name == EXT_MODSEQ:
                 # Dovecot starts tracking modseqs here: every existing message gets at
                 # least the current highest modseq (mail_index_modseq_sync_init).
-                for m in self.messages.values():
-                    m.modseq = max(m.modseq, self.log_modseq)
+                self.messages.raise_modseqs(self.log_modseq)
         elif reset_id != ext.reset_id:
             self._cur_ext = ext  # reset since this writer looked: ignore all but resets
             return

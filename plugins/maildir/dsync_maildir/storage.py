@@ -649,11 +649,20 @@ class MaildirMailbox(Mailbox):
             uidnext = max(uidnext, tail[-1].uid + 1)
         names: set[str] = set()
         for sub in ("new", "cur"):
-            with contextlib.suppress(FileNotFoundError), os.scandir(os.path.join(self.dir, sub)) as it:
-                names.update(f"{sub}/{e.name}" for e in it)
-        known = self.changes.extras()
-        gone = known.keys() - names
-        added = sorted(names - known.keys())
+            with contextlib.suppress(FileNotFoundError):
+                names.update(map(f"{sub}/".__add__, os.listdir(os.path.join(self.dir, sub))))
+        digest = _names_digest(names)
+        # One pass over the change log's names, streamed: each one listed is crossed off,
+        # each one not listed is gone; what is left of the listing was added. No second
+        # copy of 100k names is built.
+        gone: dict[str, int] = {}
+        for extra, uid in self.changes.iter_extras():
+            if extra in names:
+                names.discard(extra)
+            else:
+                gone[extra] = uid
+        added = sorted(names)
+        del names
         upserts: list[Entry] = []
         expunged: list[int] = []
         new_uids: set[int] = set()
@@ -661,7 +670,7 @@ class MaildirMailbox(Mailbox):
             gone_by_base: dict[str, int] = {}
             for x in gone:
                 mn = fn.parse_name(x.partition("/")[2])
-                gone_by_base[mn.base if mn is not None else x] = known[x]
+                gone_by_base[mn.base if mn is not None else x] = gone[x]
             prev = {e.uid: e for e in self.changes.entries_by_uid(gone_by_base.values())}
             in_tail = {r.base: r for r in tail}
             kw, _ = kwmod.read(self.keywords_path)
@@ -718,7 +727,8 @@ class MaildirMailbox(Mailbox):
         learnt: list[ExpungeRecord] = []
         if (upserts or expunged) and dl != self._dovecot_log_mark():
             dl = self._dovecot_log_mark()
-            upserts, learnt = self._dovecot_history(uidvalidity, uidnext, upserts, set(known.values()) | new_uids)
+            upserts, learnt = self._dovecot_history(uidvalidity, uidnext, upserts,
+                                                    self.changes.uids() | set(gone.values()) | new_uids)
         disk_now, racy_now = self._disk_stamp()
         final = " ".join(disk.split(" ")[:2] + disk_now.split(" ")[2:])
         stamp = json.dumps({"disk": "" if (racy or racy_now) else final, "v": uidvalidity, "n": uidnext,
@@ -729,7 +739,7 @@ class MaildirMailbox(Mailbox):
         self.changes.commit(upserts=upserts, expunged=expunged, stamp=stamp, min_modseq=min_modseq,
                             known_expunges=learnt)
         unchanged = disk_now.split(" ")[:2] == disk.split(" ")[:2]
-        self._mem.stamp, self._mem.names = (disk_now, _names_digest(names)) if unchanged else (None, None)
+        self._mem.stamp, self._mem.names = (disk_now, digest) if unchanged else (None, None)
         self.header_uidvalidity = uidvalidity
         return uidvalidity, uidnext
 
