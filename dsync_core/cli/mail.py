@@ -10,14 +10,20 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ..errors import EX_TEMPFAIL, DsyncError, ExistsError, NotFoundError, UsageError
 from ..formatter import Field, Printer
 from ..model import SYSTEM_FLAGS, FlagUpdate, MailboxInfo, MessageRecord, SaveRequest, normalize_flag
-from ..search import MessageContext, mailbox_mask_matches, names_mailbox_everywhere, parse_query, search
 from ..storage import Mailbox, Storage, normalize_mailbox_name
 from ..streams import CrlfToLf, virtual_size
 from .context import CliContext
+
+if TYPE_CHECKING:
+    from ..search import MessageContext
+
+# dsync_core.search (and the email package it needs) is imported by the commands that
+# search: a sync run never loads it.
 
 # `mailbox status` prints its fields in this order whatever order they were asked in.
 STATUS_FIELDS = ("messages", "recent", "uidnext", "uidvalidity", "unseen", "highestmodseq", "vsize", "guid", "firstsaved")
@@ -148,6 +154,8 @@ def split_flags(text: str) -> tuple[frozenset[str], frozenset[str]]:
 
 
 def _masked(storage: Storage, masks: list[str]) -> list[MailboxInfo]:
+    from ..search import mailbox_mask_matches
+
     infos = storage.list_mailboxes()
     if not masks:
         return infos
@@ -162,6 +170,8 @@ def _ts(value: int) -> str:
 
 
 def cmd_mailbox_list(args: argparse.Namespace, ctx: CliContext) -> int:
+    from ..search import mailbox_mask_matches
+
     with ctx.open_user_storage(args.user) as storage:
         if args.subscribed:
             names = storage.subscriptions()
@@ -177,6 +187,8 @@ def cmd_mailbox_list(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_mailbox_status(args: argparse.Namespace, ctx: CliContext) -> int:
+    from ..search import mailbox_mask_matches
+
     wanted = set(args.fields.split())
     if "all" in wanted:
         wanted = set(STATUS_FIELDS)
@@ -379,7 +391,7 @@ def _read_parts(ctx_msg: MessageContext) -> tuple[bytes, bytes]:
     return data, b""
 
 
-FetchGetter = Callable[[MessageContext, str], str]
+FetchGetter = Callable[["MessageContext", str], str]
 
 
 def _date_sent(m: MessageContext) -> str:
@@ -446,6 +458,8 @@ _STREAM_FIELDS = {"hdr", "body", "text"}
 
 
 def cmd_fetch(args: argparse.Namespace, ctx: CliContext) -> int:
+    from ..search import parse_query, search
+
     fields = [f.lower() for f in args.fields.split()]
     if not fields:
         raise UsageError("fetch: no fields given")
@@ -465,6 +479,8 @@ def cmd_fetch(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _group_by_mailbox(storage: Storage, query_args: list[str]) -> Iterable[tuple[str, list[MessageRecord]]]:
+    from ..search import parse_query, search
+
     query = parse_query(query_args)
     current: str | None = None
     recs: list[MessageRecord] = []
@@ -509,6 +525,8 @@ def cmd_flags(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_expunge(args: argparse.Namespace, ctx: CliContext) -> int:
+    from ..search import names_mailbox_everywhere, parse_query
+
     if not names_mailbox_everywhere(parse_query(args.query)):
         raise UsageError("expunge: To avoid accidents, search query must contain MAILBOX in all search branches")
     with ctx.open_user_storage(args.user) as storage:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import calendar
 import datetime
-import email.utils
 import importlib
 import json
 import logging
@@ -189,6 +188,8 @@ def parse_date(value: str, opt: str = "t", now: float | None = None) -> int:
             return int(now - parse_interval(f"{m.group(1)} {m.group(2)}"))
         except ConfigError:
             pass
+    import email.utils  # only for -t/-e dates
+
     try:
         parsed = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
