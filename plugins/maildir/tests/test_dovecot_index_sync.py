@@ -197,6 +197,17 @@ def test_concurrent_doveadm_and_our_writes(doveadm) -> None:  # type: ignore[no-
         stop.set()
         t.join()
     assert errors == []
+    # Same messages, UIDs, flags and keywords as Dovecot reads them, whoever looks first.
+    ours, theirs = p.ours("INBOX"), p.theirs("INBOX")
+    assert (ours[1], ours[0]["uidnext"], ours[0]["messages"]) == (theirs[1], theirs[0]["uidnext"],
+                                                                  theirs[0]["messages"])
+    # HIGHESTMODSEQ: a message we saved while Dovecot had handed out a UID it had not
+    # indexed yet is left for Dovecot to index (announcing it first would make Dovecot
+    # report "Expunged message reappeared"); Dovecot then gives it a modseq we learn at our
+    # next change. So once Dovecot has looked, our next change brings both to the same value.
+    p.write(lambda b: b.update_flags([FlagUpdate(uid=max(m.uid for m in b.records()),
+                                                 add_flags=frozenset({"\\Answered"}))]), box="INBOX")
+    p.assert_same("INBOX", dovecot_first=True)
     p.assert_same("INBOX", dovecot_first=False)
 
 
