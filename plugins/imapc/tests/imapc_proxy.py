@@ -1,4 +1,5 @@
-"""A loopback proxy in front of the test Dovecot that misbehaves on purpose (for the
+"""Loopback servers for the imapc tests: :class:`Listener` (accept loop on a free port),
+and a proxy in front of the test Dovecot that misbehaves on purpose (for the
 hostile-server and APPEND tests): answers the first body fetch itself, resets the
 connection, rewrites sizes or capabilities."""
 
@@ -35,7 +36,47 @@ def send_until_closed(sock: socket.socket, head: bytes, unit: bytes, cap: int) -
         pass
 
 
-class HostileProxy:
+class Listener:
+    """A TCP listener on a free 127.0.0.1 port that hands each connection to
+    :meth:`handle` on a thread of its own; :meth:`close` stops it. Subclasses set their
+    attributes before calling ``super().__init__()``: a connection may come at once."""
+
+    def __init__(self, backlog: int = 8) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.threads: list[threading.Thread] = []
+        self.start_thread(self._accept)
+
+    def start_thread(self, target, *args) -> None:  # type: ignore[no-untyped-def]
+        t = threading.Thread(target=target, args=args, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                cl, _ = self.sock.accept()
+            except OSError:
+                return
+            self.start_thread(self.handle, cl)
+
+    def handle(self, cl: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self, join: bool = False) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept(); close alone does not
+        except OSError:
+            pass
+        self.sock.close()
+        if join:
+            for t in self.threads:
+                t.join(timeout=10)
+
+
+class HostileProxy(Listener):
     """Forwards to Dovecot; the first command fetching bodies gets ``mode``'s answer
     (``huge-literal``, ``endless-line``, ``flood``, ``garbage``, ``reset``), or every answer
     is rewritten (``small-sizes``: RFC822.SIZE 100; ``no-literal-plus``: no LITERAL+), or
@@ -49,31 +90,16 @@ class HostileProxy:
     def __init__(self, port: int, mode: str) -> None:
         self.target = port
         self.mode = mode
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.fired = threading.Event()
         self.appends: list[bytes] = []  # APPEND command lines seen
         self.lock = threading.Lock()
-        self.threads: list[threading.Thread] = []
-        self._start(self._accept)
+        super().__init__(16)
 
-    def _start(self, target, *args) -> None:  # type: ignore[no-untyped-def]
-        t = threading.Thread(target=target, args=args, daemon=True)
-        t.start()
-        self.threads.append(t)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                cl, _ = self.sock.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.target))
-            state = {"hostile": False, "reset_after": -1}
-            self._start(self._commands, cl, up, state)
-            self._start(self._answers, up, cl, state)
+    def handle(self, cl: socket.socket) -> None:
+        up = socket.create_connection(("127.0.0.1", self.target))
+        state = {"hostile": False, "reset_after": -1}
+        self.start_thread(self._commands, cl, up, state)
+        self._answers(up, cl, state)
 
     def _commands(self, cl: socket.socket, up: socket.socket, state: dict) -> None:  # type: ignore[type-arg]
         f = cl.makefile("rb")
@@ -164,7 +190,5 @@ class HostileProxy:
             except OSError:
                 pass
 
-    def close(self) -> None:
-        self.sock.close()
-        for t in self.threads:
-            t.join(timeout=10)
+    def close(self, join: bool = True) -> None:
+        super().close(join)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-import threading
 import time
 import types
 from pathlib import Path
 
 import pytest
 from imapc_helpers import client, copy_view, dsync, running_server, server_view
-from imapc_proxy import HostileProxy, reset_close, send_until_closed
+from imapc_proxy import HostileProxy, Listener, reset_close, send_until_closed
 
 
 @pytest.fixture(scope="module")
@@ -136,26 +135,17 @@ def test_hostile_first_run_leaves_nothing_half_written(imap, tmp_path: Path) -> 
     assert server_view(imap) == copy_view(f"maildir:{dest}")
 
 
-class FakeServer:
-    """A one-shot fake IMAP server: sends ``greeting`` to each connection, then hangs up
-    (or resets) when the client does."""
+class FakeServer(Listener):
+    """A fake IMAP server: sends ``greeting`` to each connection, then hangs up (or
+    resets) when the client does."""
 
     def __init__(self, greeting: bytes, *, endless: bytes = b"", reset: bool = False) -> None:
         self.greeting = greeting
         self.endless = endless
         self.reset = reset
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(4)
 
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
+    def handle(self, conn: socket.socket) -> None:
         if self.endless:
             send_until_closed(conn, self.greeting, self.endless, 200 * 1024 * 1024)
         else:
@@ -174,9 +164,8 @@ class FakeServer:
             pass
         conn.close()
 
-    def close(self) -> None:
-        self.sock.close()
-        self.thread.join(timeout=10)
+    def close(self, join: bool = True) -> None:
+        super().close(join)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import threading
 
 import pytest
 from imapc_helpers import client, copy_view, dsync, peak_rss_kib, running_server, server_view
+from imapc_proxy import Listener
 
 
 @pytest.fixture
@@ -192,30 +193,21 @@ def test_uidvalidity_reset_on_server(imap, tmp_path, mode) -> None:  # type: ign
     assert server_view(imap) == copy_view(f"maildir:{dest}")
 
 
-class CuttingProxy:
+class CuttingProxy(Listener):
     """A loopback TCP proxy that closes both sockets after ``limit`` bytes from the server."""
 
     def __init__(self, port: int, limit: int) -> None:
         self.target = port
         self.limit = limit
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.sent = 0
         self.cut = threading.Event()
         self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                cl, _ = self.sock.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(cl, up, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, cl, True), daemon=True).start()
+    def handle(self, cl: socket.socket) -> None:
+        up = socket.create_connection(("127.0.0.1", self.target))
+        self.start_thread(self._pump, cl, up, False)
+        self._pump(up, cl, True)
 
     def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
         try:
@@ -237,9 +229,6 @@ class CuttingProxy:
             except OSError:
                 pass
             s.close()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.mark.parametrize(("big", "conns"), [(False, "1"), (True, "1"), (False, "4")])

@@ -12,6 +12,7 @@ import threading
 
 import pytest
 from imapc_helpers import client, copy_view, server_view
+from imapc_proxy import Listener
 from imapc_server import DOVECOT, DovecotServer
 
 trustme = pytest.importorskip("trustme")
@@ -71,7 +72,7 @@ def test_tls_untrusted_certificate_refused(tls_imap, tmp_path, mode) -> None:  #
     assert len(lines) == 1 and "certificate verification failed" in lines[0], p.stderr
 
 
-class OAuthFront:
+class OAuthFront(Listener):
     """A loopback IMAP front that offers AUTH=XOAUTH2 and AUTH=OAUTHBEARER, checks the
     bearer token, then logs in to the real Dovecot behind it and relays the session."""
 
@@ -79,19 +80,10 @@ class OAuthFront:
         self.server = server
         self.token = token
         self.seen: list[str] = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(4)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                cl, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(cl,), daemon=True).start()
+    def handle(self, cl: socket.socket) -> None:
+        self._session(cl)
 
     def _session(self, cl: socket.socket) -> None:
         f = cl.makefile("rwb", buffering=0)
