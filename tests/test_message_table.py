@@ -67,6 +67,12 @@ def test_table_matches_a_dict(script: list[tuple]) -> None:  # type: ignore[type
         assert (uid in table) == (uid in model)
         assert table.get(uid) == model.get(uid)
     assert table.uids_between(20, 120) == [u for u in sorted(model) if 20 <= u <= 120]
+    for bit in (1, 8, 0x40):
+        assert table.count_without_flag(bit) == sum(1 for m in model.values() if not m.flags & bit)
+    for uid in (0, 1, 50, 199, 400):
+        assert table.count_from_uid(uid) == sum(1 for u in model if u >= uid)
+    for since in (-1, 0, 2**39):
+        assert list(table.values_since(since)) == [model[u] for u in sorted(model) if model[u].modseq > since]
     assert bool(table) == bool(model)
 
 

@@ -155,8 +155,27 @@ class MessageTable(Mapping[int, Message]):
         return self._message(i) if i >= 0 else default
 
     def values(self) -> Iterator[Message]:  # type: ignore[override]
-        alive = self._alive
-        return (self._message(i) for i in range(len(self._uids)) if alive[i])
+        return self.values_since(-1)
+
+    def values_since(self, modseq: int) -> Iterator[Message]:
+        """Messages with a modseq above ``modseq``, ascending UID (-1: all)."""
+        kw, empty = self._keywords, frozenset()
+        for uid, flags, mod, alive in zip(self._uids, self._flags, self._modseqs, self._alive):
+            if alive and mod > modseq:
+                yield Message(uid, flags, kw.get(uid, empty), mod)
+
+    def count_without_flag(self, bit: int) -> int:
+        """Messages whose flags lack ``bit`` (as unseen counts \\Seen), at C speed."""
+        table = bytes(0 if i & bit else 1 for i in range(256))
+        dead = len(self._uids) - self._len
+        # A hole's flags byte is whatever it was: count holes out by their flags.
+        holes = sum(1 for i, a in enumerate(self._alive) if not a and not self._flags[i] & bit) if dead else 0
+        return self._flags.translate(table).count(1) - holes
+
+    def count_from_uid(self, uid: int) -> int:
+        """Messages with a UID of at least ``uid``."""
+        i = bisect_left(self._uids, uid)
+        return len(self._uids) - i - self._alive[i:].count(0)
 
     def items(self) -> Iterator[tuple[int, Message]]:  # type: ignore[override]
         return ((m.uid, m) for m in self.values())

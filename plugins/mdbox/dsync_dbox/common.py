@@ -303,6 +303,24 @@ class DboxMailbox(Mailbox):
     def _record(self, st: di.IndexState, msg: di.Message) -> MessageRecord | None:
         raise NotImplementedError
 
+    def _read_back(self, uids: list[int], guids: list[str]) -> list[MessageRecord]:
+        """The records of messages just saved, in order (their GUIDs remembered, as the
+        index keeps only 128 bits of them)."""
+        st = self.index()
+        msgs = []
+        for uid, guid in zip(uids, guids):
+            self._remember_guid(guid)
+            msg = st.messages.get(uid)
+            if msg is None:
+                raise StorageError(f"Saved UID {uid} in {self.name} but cannot read it back")
+            msgs.append(msg)
+        out = list(self._records(st, msgs))
+        if len(out) != len(msgs):
+            got = {r.uid for r in out}
+            lost = next(m.uid for m in msgs if m.uid not in got)
+            raise StorageError(f"Saved UID {lost} in {self.name} but cannot read it back")
+        return out
+
     def _remember_guid(self, guid: str) -> None:
         if guid:
             self._guids.setdefault(di.guid_128(guid), guid)
@@ -310,8 +328,8 @@ class DboxMailbox(Mailbox):
     # -- reading -----------------------------------------------------------------------
     def status(self) -> MailboxStatus:
         st = self.index()
-        unseen = sum(1 for m in st.messages.values() if not m.flags & di.state.FLAG_SEEN)
-        recent = sum(1 for u in st.messages if u >= st.first_recent_uid)
+        unseen = st.messages.count_without_flag(di.state.FLAG_SEEN)
+        recent = st.messages.count_from_uid(st.first_recent_uid)
         return MailboxStatus(
             guid=self.guid, uidvalidity=st.uid_validity, uidnext=st.next_uid, highestmodseq=st.highest_modseq,
             messages=len(st.messages), unseen=unseen, recent=recent,
@@ -319,8 +337,7 @@ class DboxMailbox(Mailbox):
 
     def records(self, since_modseq: int = 0) -> Iterator[MessageRecord]:
         st = self.index()
-        msgs = sorted((m for m in st.messages.values() if m.modseq > since_modseq or since_modseq == 0),
-                      key=lambda m: m.uid)
+        msgs = list(st.messages.values_since(since_modseq if since_modseq > 0 else -1))  # ascending UID
         return self._records(st, msgs)
 
     def records_by_uid(self, uids: Iterable[int]) -> Iterator[MessageRecord]:
