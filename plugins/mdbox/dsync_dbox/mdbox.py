@@ -609,17 +609,7 @@ class MdboxMailbox(DboxMailbox):
         finally:
             if appended is not None:
                 os.close(appended[2])
-        st = self.index()
-        ms = storage.map.state()
-        out: list[MessageRecord] = []
-        for uid, guid in zip(uids, guids):
-            self._remember_guid(guid)
-            msg = st.messages.get(uid)
-            rec = self._record(st, msg, ms) if msg is not None else None
-            if rec is None:
-                raise StorageError(f"Saved UID {uid} in {self.name} but cannot read it back")
-            out.append(rec)
-        return out
+        return self._read_back(uids, guids)
 
     def expunge(self, uids: Iterable[int]) -> list[ExpungeRecord]:
         wanted = sorted(set(uids))
