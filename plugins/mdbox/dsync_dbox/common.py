@@ -321,6 +321,16 @@ class DboxMailbox(Mailbox):
             raise StorageError(f"Saved UID {lost} in {self.name} but cannot read it back")
         return out
 
+    def _expunged_records(self, gone: list[int], guids: dict[int, str]) -> list[ExpungeRecord]:
+        """Expunge records of UIDs just expunged, with the modseqs the index gave them."""
+        st = self.index()
+        modseqs = {e.uid: e.modseq for e in st.expunges}
+        out = []
+        for uid in gone:
+            self._remember_guid(guids[uid])
+            out.append(ExpungeRecord(uid, guids[uid], modseqs.get(uid, st.highest_modseq)))
+        return out
+
     def _remember_guid(self, guid: str) -> None:
         if guid:
             self._guids.setdefault(di.guid_128(guid), guid)

@@ -643,13 +643,7 @@ class MdboxMailbox(DboxMailbox):
 
         with storage.map_lock():
             gone = self._commit(build, before_write=lambda st, tx: storage.commit_map(build_map))
-        st = self.index()
-        modseqs = {e.uid: e.modseq for e in st.expunges}
-        out = []
-        for uid in gone:
-            self._remember_guid(guids[uid])
-            out.append(ExpungeRecord(uid, guids[uid], modseqs.get(uid, st.highest_modseq)))
-        return out
+        return self._expunged_records(gone, guids)
 
     def reset(self, uidvalidity: int) -> MailboxStatus:
         """Empty the mailbox and restart its UIDs at 1 under ``uidvalidity`` (same GUID):

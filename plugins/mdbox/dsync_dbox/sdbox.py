@@ -225,13 +225,7 @@ class SdboxMailbox(DboxMailbox):
                     dirs.append(os.path.dirname(path))
             self._files.pop(uid, None)
         fsync_dirs(dirs, enabled=self.storage.fsync)
-        st = self.index()
-        modseqs = {e.uid: e.modseq for e in st.expunges}
-        out = []
-        for uid in gone:
-            self._remember_guid(guids[uid])
-            out.append(ExpungeRecord(uid, guids[uid], modseqs.get(uid, st.highest_modseq)))
-        return out
+        return self._expunged_records(gone, guids)
 
     def reset(self, uidvalidity: int) -> MailboxStatus:
         """Empty the mailbox and restart its UIDs at 1 under ``uidvalidity`` (same GUID).
