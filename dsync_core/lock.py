@@ -11,11 +11,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import socket
 import time
 from types import TracebackType
 
 from .errors import LockTimeoutError, StorageError
+
+
+def _hostname() -> str:
+    """This host's name as gethostname() gives it (the kernel's nodename), without
+    loading the socket module for it."""
+    return os.uname().nodename
 
 _POLL = 0.05
 EMPTY_STALE_AFTER = 5.0
@@ -78,7 +83,7 @@ class DotLock:
         except OSError:
             return False
         pid_s, _, host = content.partition(":")
-        if host.strip() == socket.gethostname() and pid_s.isdigit():
+        if host.strip() == _hostname() and pid_s.isdigit():
             if not _pid_alive(int(pid_s)):
                 return True
         age = time.time() - st.st_mtime
@@ -120,7 +125,7 @@ class DotLock:
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.timeout
-        content = f"{os.getpid()}:{socket.gethostname()}".encode()
+        content = f"{os.getpid()}:{_hostname()}".encode()
         tmp = f"{self.path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -7,7 +7,6 @@ another component is still looking at.
 from __future__ import annotations
 
 import enum
-import hashlib
 from typing import BinaryIO
 
 import attrs
@@ -34,6 +33,8 @@ def guid128_hex(guid: str) -> str:
             return bytes.fromhex(guid).hex()
         except ValueError:
             pass
+    import hashlib  # here: most runs never need it, and loading OpenSSL costs start-up time
+
     return hashlib.sha1(guid.encode("utf-8")).digest()[4:20].hex()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import socket
+import os
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
@@ -236,7 +236,7 @@ class LocalReplica(Replica):
     def info(self) -> ReplicaInfo:
         st = self.storage
         return ReplicaInfo(
-            hostname=socket.gethostname(),
+            hostname=os.uname().nodename,  # gethostname(), without loading socket
             location=st.root,
             have_guids=st.have_guids,
             have_save_guids=st.have_save_guids,

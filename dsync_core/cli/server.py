@@ -19,12 +19,7 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
-import socket
-import socketserver
 import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -162,12 +157,16 @@ class _UserLocks:
     """One connection per user at a time (the listener's "user locked while it syncs")."""
 
     def __init__(self, timeout: float) -> None:
+        import threading
+
         self.timeout = timeout
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
     @contextlib.contextmanager
     def hold(self, user: str) -> Iterator[None]:
+        import threading
+
         with self._guard:
             lock = self._locks.setdefault(user, threading.Lock())
         if not lock.acquire(timeout=self.timeout):
@@ -179,6 +178,13 @@ class _UserLocks:
 
 
 def _listen(args: argparse.Namespace, ctx: CliContext) -> int:
+    # The listener's modules load here: every other command (and the stdio server) starts faster.
+    import signal
+    import socket
+    import socketserver
+    import tempfile
+    import threading
+
     from ..protocol import SocketChannel
     from ..remote import serve
 

@@ -19,8 +19,6 @@ status wins.
 from __future__ import annotations
 
 import argparse
-import calendar
-import datetime
 import importlib
 import json
 import logging
@@ -157,7 +155,7 @@ def _seconds(value: str | None, opt: str) -> float | None:
 _RELATIVE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*(?:ago)?\s*")
 _ISO_RE = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?\s*")
 _IMAP_RE = re.compile(r"\s*(\d{1,2})-([A-Za-z]{3})-(\d{4})\s*")
-_MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m}
+_MONTHS = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
 
 
 def parse_date(value: str, opt: str = "t", now: float | None = None) -> int:
@@ -174,6 +172,8 @@ def parse_date(value: str, opt: str = "t", now: float | None = None) -> int:
     m = _ISO_RE.fullmatch(text)
     if m:
         y, mo, d, hh, mm, ss = (int(g or 0) for g in m.groups())
+        import datetime  # only for -t/-e dates
+
         try:
             datetime.datetime(y, mo, d, hh, mm, ss)  # rejects 2024-13-45 that mktime would roll over
             return int(time.mktime((y, mo, d, hh, mm, ss, 0, 0, -1)))
@@ -188,7 +188,8 @@ def parse_date(value: str, opt: str = "t", now: float | None = None) -> int:
             return int(now - parse_interval(f"{m.group(1)} {m.group(2)}"))
         except ConfigError:
             pass
-    import email.utils  # only for -t/-e dates
+    import calendar  # only for -t/-e dates
+    import email.utils
 
     try:
         parsed = email.utils.parsedate_to_datetime(text)
