@@ -90,10 +90,6 @@ class MailboxChanges(abc.ABC):
         an entry per message."""
         return {e.extra: e.uid for e in self.entries()}
 
-    def iter_extras(self) -> Iterator[tuple[str, int]]:
-        """``(extra, uid)`` of every entry, streamed: :meth:`extras` without the dict."""
-        return ((e.extra, e.uid) for e in self.entries())
-
     def uids(self) -> set[int]:
         """The UIDs of every entry."""
         return {e.uid for e in self.entries()}
@@ -366,12 +362,6 @@ class _SqliteMailboxChanges(MailboxChanges):
     def extras(self) -> dict[str, int]:
         with self.log._lock:
             return dict(self.log.db.execute("SELECT extra, uid FROM msg WHERE mbox=?", (self.guid,)))
-
-    def iter_extras(self) -> Iterator[tuple[str, int]]:
-        """``(extra, uid)`` of every message, streamed (iterate to the end: the log's lock
-        is held meanwhile)."""
-        with self.log._lock:
-            yield from self.log.db.execute("SELECT extra, uid FROM msg WHERE mbox=?", (self.guid,))
 
     def uids(self) -> set[int]:
         """The UIDs of every message the log holds."""

@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 import attrs
@@ -57,11 +57,12 @@ from . import keywords as kwmod
 from . import uidlist as ulmod
 from .dovecot_index_sync import DovecotIndexSync
 from .layout import MAILDIR_SUBDIRS, Layout
+from .racy import RacyRule
+from .watch import Watcher
 
 log = logging.getLogger("dsync.maildir")
 
 CHUNK = 64 * 1024
-RACY_SECONDS = 2.0
 LOCK_TIMEOUT = 120.0
 CHANGELOG_NAME = "dsync-changelog.sqlite"
 _INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
@@ -97,17 +98,25 @@ def _names_digest(names: Iterable[str]) -> int:
 class _MailboxMemory:
     """What this process knows of one mailbox beyond its change log."""
 
-    __slots__ = ("stamp", "names", "uidlist")
+    __slots__ = ("stamp", "names", "summary", "name", "watched", "pending")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         # What cur/ and new/ were last verified to hold (their stamp, and every entry name as
         # "sub/name"), so that our own saves need not rescan after each batch. In memory
         # only: a stamp taken in the racy window is never persisted.
         self.stamp: str | None = None
         self.names: int | None = None  # _names_digest of that listing
-        # The last dovecot-uidlist parsed, by (inode, size, mtime): batches of saves read it
-        # again and again, and parsing 100k lines each time would make a sync quadratic.
-        self.uidlist: tuple[tuple[int, int, int], ulmod.Uidlist, os.stat_result] | None = None
+        # What saves need of dovecot-uidlist (see UidlistSummary), kept while the file is
+        # unchanged: batches of saves would otherwise read 100k lines each time (a sync
+        # quadratic in the mailbox size), and holding the parsed list is 150 bytes a message.
+        self.summary: ulmod.UidlistSummary | None = None
+        # Whether the storage's watcher watches cur/ and new/ (from before our first change
+        # until the storage closes), and (UIDVALIDITY, UIDNEXT) when the stamp after our last
+        # change was still in its timestamp tick: the storage's close persists it once the
+        # tick is over.
+        self.watched = False
+        self.pending: tuple[int, int] | None = None
 
 
 class MaildirStorage(DirectoryStorage):
@@ -143,6 +152,9 @@ class MaildirStorage(DirectoryStorage):
             index=opts.get("INDEX") or None,
         )
         self.fsync = fsync_enabled(self.settings)
+        self.racy_rule = RacyRule(self.root, nfs=self.settings.get_bool("mail_nfs_storage"))
+        self._watcher: Watcher | None = None
+        self._watcher_tried = False
         self._memory: dict[str, _MailboxMemory] = {}
         self._create_root()
         self.clear_trash()
@@ -340,7 +352,40 @@ class MaildirStorage(DirectoryStorage):
     def locate_messages(self, guids: Iterable[str]) -> dict[str, tuple[str, int]] | None:
         return self.changelog.locate(guids)
 
+    def watcher(self) -> Watcher | None:
+        """The inotify watcher of this storage (started on first use; None where the
+        filesystem is not local or there is no inotify)."""
+        if not self._watcher_tried and self.racy_rule.fine:
+            self._watcher_tried = True
+            self._watcher = Watcher.start()
+        return self._watcher
+
+    def _persist_own_stamps(self) -> None:
+        """Keep the stamps our own changes left in their timestamp tick: once the tick is
+        over (one short sleep for all mailboxes), a watch that saw nothing since our last
+        change proves cur/ and new/ still hold what the change log says."""
+        pending = [m for m in self._memory.values() if m.pending is not None and m.watched]
+        if not pending or self._watcher is None:
+            return
+        mtimes = []
+        for m in pending:
+            for sub in ("cur", "new"):
+                with contextlib.suppress(OSError):
+                    mtimes.append(os.stat(os.path.join(self.layout.mail_dir(m.name), sub)).st_mtime_ns)
+        self.racy_rule.settle(mtimes)
+        for m in pending:
+            with contextlib.suppress(DsyncError, OSError):
+                MaildirMailbox(self, m.name)._persist_pending()
+
     def close(self) -> None:
+        try:
+            self._persist_own_stamps()
+        finally:
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
+            for m in self._memory.values():
+                m.watched = False
         self.changelog.close()
         path = os.path.join(self.layout.index_root, CHANGELOG_NAME)
         for suffix in ("", "-wal", "-shm"):
@@ -366,7 +411,7 @@ class MaildirMailbox(Mailbox):
         self._dovecot_state: dovecot_index.IndexState | None = None  # refreshed, not re-read
         # Shared by every object of this mailbox in this process (the engine opens it anew
         # for each step of a sync).
-        self._mem = storage._memory.setdefault(self.dir, _MailboxMemory())
+        self._mem = storage._memory.setdefault(self.dir, _MailboxMemory(name))
         self.dovecot = DovecotIndexSync(lay.index_dir(name), name, fsync=storage.fsync, chown=storage.own)
         # Dovecot creates missing cur/new/tmp of an existing mailbox directory.
         for sub in MAILDIR_SUBDIRS:
@@ -428,32 +473,33 @@ class MaildirMailbox(Mailbox):
             self.header_uidvalidity = ul.uidvalidity
 
     def _read_uidlist(self) -> tuple[ulmod.Uidlist | None, os.stat_result | None]:
-        """``uidlist.read``, from memory while the file is unchanged (a private copy: callers
-        change what they get)."""
-        cached = self._mem.uidlist
-        if cached is not None:
-            try:
-                st = os.stat(self.uidlist_path)
-            except FileNotFoundError:
-                st = None
-            if st is not None and (st.st_ino, st.st_size, st.st_mtime_ns) == cached[0]:
-                return attrs.evolve(cached[1], records=list(cached[1].records),
-                                    extra_header=list(cached[1].extra_header)), cached[2]
-        ul, st = ulmod.read(self.uidlist_path)
-        self._mem.uidlist = None
-        if ul is not None and st is not None:
-            self._remember_uidlist(ul, st)
-        return ul, st
+        """``uidlist.read``: the whole list, parsed (a full rescan, a rewrite)."""
+        return ulmod.read(self.uidlist_path)
 
-    def _remember_uidlist(self, ul: ulmod.Uidlist, st: os.stat_result) -> None:
-        self._mem.uidlist = ((st.st_ino, st.st_size, st.st_mtime_ns),
-                          attrs.evolve(ul, records=list(ul.records), extra_header=list(ul.extra_header)), st)
+    def _uidlist_summary(self) -> tuple[ulmod.UidlistSummary | None, os.stat_result | None]:
+        """The summary of dovecot-uidlist, from memory while the file is unchanged (ours
+        follows our own appends)."""
+        cached = self._mem.summary
+        try:
+            st = os.stat(self.uidlist_path)
+        except FileNotFoundError:
+            self._mem.summary = None
+            return None, None
+        if cached is not None and cached.key == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return cached, cached.stat
+        self._mem.summary = None
+        summary, st2 = ulmod.read_summary(self.uidlist_path)
+        self._mem.summary = summary
+        return summary, st2
 
     # -- change detection --------------------------------------------------------------
-    def _disk_stamp(self) -> tuple[str, bool]:
+    def _disk_stamp(self, listed_at: int | None = None) -> tuple[str, bool]:
+        """The stat of cur/, new/, the uidlist and the keywords file, and whether it is
+        racy for a listing that started at ``listed_at`` (see :mod:`.racy`)."""
         parts: list[str] = []
         racy = False
-        now = time.time()
+        now = time.time_ns()
+        rule = self.storage.racy_rule
         for p in (os.path.join(self.dir, "cur"), os.path.join(self.dir, "new"), self.uidlist_path, self.keywords_path):
             try:
                 st = os.stat(p)
@@ -464,9 +510,46 @@ class MaildirMailbox(Mailbox):
             # Only directory mtimes are racy: an entry added in the same timestamp tick as
             # our listing would not change them again. A file rewritten in that tick still
             # changes inode or size (uidlist and keywords are replaced, never edited).
-            if p.endswith(("cur", "new")) and now - st.st_mtime < RACY_SECONDS:
+            if p.endswith(("cur", "new")) and rule.racy(st.st_mtime_ns, now, listed_at):
                 racy = True
         return " ".join(parts), racy
+
+    def _watching(self) -> Watcher | None:
+        """The watcher, watching cur/ and new/ from now if this is our first change (call
+        before looking at the mailbox). None where it would not see every writer: off
+        Linux, or on a network filesystem."""
+        watcher = self.storage.watcher()
+        if watcher is None or not watcher.watch(self.dir, {sub: os.path.join(self.dir, sub) for sub in ("cur", "new")}):
+            return None
+        self._mem.watched = True
+        return watcher
+
+    def _persist_pending(self) -> None:
+        """See MaildirStorage._persist_own_stamps."""
+        mem = self._mem
+        watcher = self.storage.watcher()
+        if mem.pending is None or not mem.watched or watcher is None or self.changes is None:
+            return
+        with self.locked():
+            listed_at = self._settle(wait=False)
+            before, racy = self._disk_stamp(listed_at)
+            quiet = watcher.only(self.dir, set(), set())
+            after, racy_after = self._disk_stamp(listed_at)
+            if quiet and before == after == mem.stamp and not (racy or racy_after):
+                self.changes.commit(stamp=self._stamp(after, *mem.pending))
+            mem.pending = None
+
+    def _settle(self, *, wait: bool = True) -> int | None:
+        """When a listing of cur/ and new/ may start for its stamp to be kept (a few ms of
+        sleep at most, when ``wait`` and a directory changed within the last two ticks)."""
+        rule = self.storage.racy_rule
+        if not rule.fine:
+            return None
+        mtimes = []
+        for sub in ("cur", "new"):
+            with contextlib.suppress(FileNotFoundError):
+                mtimes.append(os.stat(os.path.join(self.dir, sub)).st_mtime_ns)
+        return rule.settle(mtimes, wait=wait)
 
     def _saved_stamp(self) -> dict[str, object]:
         assert self.changes is not None
@@ -491,8 +574,9 @@ class MaildirMailbox(Mailbox):
 
     def _rescan(self) -> tuple[int, int]:
         with self.locked():
-            disk, racy = self._disk_stamp()
-            quick = self._rescan_changed(disk, racy)
+            listed_at = self._settle()
+            disk, racy = self._disk_stamp(listed_at)
+            quick = self._rescan_changed(disk, racy, listed_at)
             if quick is not None:
                 return quick
             ul, ul_st = self._read_uidlist()
@@ -580,7 +664,7 @@ class MaildirMailbox(Mailbox):
             uidnext = ul.effective_next_uid
             dl = self._dovecot_log_mark()
             upserts, learnt = self._dovecot_history(ul.uidvalidity, uidnext, upserts, present | set(old))
-            disk_now, racy_now = self._disk_stamp()
+            disk_now, racy_now = self._disk_stamp(listed_at)
             # cur/ and new/ as seen before listing; the uidlist/keywords as we left them.
             final = " ".join(disk.split(" ")[:2] + disk_now.split(" ")[2:])
             stamp = json.dumps({"disk": "" if (racy or racy_now) else final, "v": ul.uidvalidity,
@@ -615,7 +699,7 @@ class MaildirMailbox(Mailbox):
             return None
         return [st.st_ino, st.st_size]
 
-    def _rescan_changed(self, disk: str, racy: bool) -> tuple[int, int] | None:
+    def _rescan_changed(self, disk: str, racy: bool, listed_at: int | None = None) -> tuple[int, int] | None:
         """Rescan by difference: compare the listing of cur/ and new/ with the file names the
         change log holds, and read only what was appended to dovecot-uidlist since the last
         scan, so that the cost follows what changed (plus one listing), not the mailbox size.
@@ -651,18 +735,15 @@ class MaildirMailbox(Mailbox):
         for sub in ("new", "cur"):
             with contextlib.suppress(FileNotFoundError):
                 names.update(map(f"{sub}/".__add__, os.listdir(os.path.join(self.dir, sub))))
-        digest = _names_digest(names)
-        # One pass over the change log's names, streamed: each one listed is crossed off,
-        # each one not listed is gone; what is left of the listing was added. No second
-        # copy of 100k names is built.
-        gone: dict[str, int] = {}
-        for extra, uid in self.changes.iter_extras():
-            if extra in names:
-                names.discard(extra)
-            else:
-                gone[extra] = uid
-        added = sorted(names)
-        del names
+        # The digest only serves checking our own changes by a listing; where the watcher
+        # checks them (a local filesystem) it is not needed.
+        digest = None if self.storage.racy_rule.fine else _names_digest(names)
+        # The change log's names against the listing: two set differences, done in C (a
+        # loop over 100k rows in Python was most of a one-change sync at that size).
+        stored = self.changes.extras()
+        gone = {x: stored[x] for x in stored.keys() - names}
+        added = sorted(names - stored.keys())
+        del stored, names
         upserts: list[Entry] = []
         expunged: list[int] = []
         new_uids: set[int] = set()
@@ -729,7 +810,7 @@ class MaildirMailbox(Mailbox):
             dl = self._dovecot_log_mark()
             upserts, learnt = self._dovecot_history(uidvalidity, uidnext, upserts,
                                                     self.changes.uids() | set(gone.values()) | new_uids)
-        disk_now, racy_now = self._disk_stamp()
+        disk_now, racy_now = self._disk_stamp(listed_at)
         final = " ".join(disk.split(" ")[:2] + disk_now.split(" ")[2:])
         stamp = json.dumps({"disk": "" if (racy or racy_now) else final, "v": uidvalidity, "n": uidnext,
                             "g": self._guid, "ul": self._uidlist_mark(), "dl": dl})
@@ -825,27 +906,44 @@ class MaildirMailbox(Mailbox):
         keep = {k: saved[k] for k in ("ul", "dl") if k in saved} if saved.get("g") == self._guid else {}
         return json.dumps({"disk": disk, "v": uidvalidity, "n": uidnext, "g": self._guid, **keep})
 
-    def _after_own_save(self, uidvalidity: int, uidnext: int, added: set[str], removed: frozenset[str] = frozenset()) -> None:
+    def _after_own_save(self, uidvalidity: int, uidnext: int, added: set[str], removed: frozenset[str] = frozenset(),
+                        watch: Watcher | None = None) -> None:
         """After our own save (or rename, or unlink): if cur/ and new/ now hold exactly what
         we knew plus what we added minus what we removed (nobody else wrote meanwhile), the
         change log is complete and no rescan is needed; otherwise (or without knowledge)
         force one."""
         known = self._mem.names
+        assert self.changes is not None
+        listed_at = self._settle(wait=False)
+        before, racy = self._disk_stamp(listed_at)
+        self._mem.pending = None
+        if watch is not None:
+            # The watch saw everything since before our change: if that is only our own
+            # entries, cur/ and new/ still hold what the change log says, without a listing.
+            ours = watch.only(self.dir, added, removed)
+            after, racy_after = self._disk_stamp(listed_at)
+            if ours and before == after:
+                self._mem.stamp = after
+                if known is not None:
+                    self._mem.names = (known + _names_digest(added) - _names_digest(removed)) & _MASK64
+                disk = "" if (racy or racy_after) else after
+                if not disk:
+                    self._mem.pending = (uidvalidity, uidnext)  # the storage's close may keep it
+                self.changes.commit(stamp=self._stamp(disk, uidvalidity, uidnext))
+                return
         if known is None:
             self._update_stamp_values(uidvalidity, uidnext)
             return
-        before, racy = self._disk_stamp()
         digest = 0
         for sub in ("new", "cur"):
             with contextlib.suppress(FileNotFoundError):
                 prefix = sub + "/"
                 digest += _names_digest(prefix + n for n in os.listdir(os.path.join(self.dir, sub)))
-        after, racy_after = self._disk_stamp()
+        after, racy_after = self._disk_stamp(listed_at)
         expected = known + _names_digest(added) - _names_digest(removed)
         if before != after or (digest & _MASK64) != (expected & _MASK64):
             self._update_stamp_values(uidvalidity, uidnext)
             return
-        assert self.changes is not None
         self._mem.stamp, self._mem.names = after, digest & _MASK64
         # Persisted only when outside the racy window (see _disk_stamp).
         disk = "" if (racy or racy_after) else after
@@ -859,7 +957,7 @@ class MaildirMailbox(Mailbox):
         at_least: int = 0,
         present: dict[int, tuple[frozenset[str], frozenset[str]]] | None = None,
         expunged: list[tuple[int, str]] | None = None,
-        uidlist: ulmod.Uidlist | None = None,
+        uidlist: ulmod.Uidlist | ulmod.UidlistSummary | None = None,
     ) -> int:
         """Describe our change in Dovecot's index (creating one if the mailbox has none);
         return Dovecot's HIGHESTMODSEQ after it, 0 if its index was left alone.
@@ -881,7 +979,7 @@ class MaildirMailbox(Mailbox):
 
         return self.dovecot.record(
             uidvalidity=uidvalidity, next_uid=next_uid, at_least=at_least, present=present, expunged=gone,
-            everything=everything, uidlist_uids=[r.uid for r in uidlist.records] if uidlist is not None else None,
+            everything=everything, uidlist_uids=_uids_of(uidlist),
             keyword_order=self.keyword_order(),
         )
 
@@ -975,8 +1073,9 @@ class MaildirMailbox(Mailbox):
         st = self.storage
         own = st.own
         with self.locked():
+            watch = self._watching()
             self._refresh()
-            ul, ul_st = self._read_uidlist()
+            ul, _ = self._uidlist_summary()
             assert ul is not None and self.changes is not None
             kw, kw_st = kwmod.read(self.keywords_path)
             nxt = ul.effective_next_uid
@@ -1002,7 +1101,7 @@ class MaildirMailbox(Mailbox):
                     cand += 1
                 uids.append(cand)
                 taken.add(cand)
-            known_bases = set(ul.by_base())
+            batch_bases: set[str] = set()  # the names this batch gives out
             tmp_dir = os.path.join(self.dir, "tmp")
             plans: list[dict[str, object]] = []
             try:
@@ -1020,14 +1119,15 @@ class MaildirMailbox(Mailbox):
                             fn.valid_base(r.guid)
                             and fn.base_field(r.guid, "S") == size
                             and fn.base_field(r.guid, "W") == vsize
-                            and r.guid not in known_bases
+                            and r.guid not in batch_bases
+                            and not ul.may_hold(r.guid)
                         ):
                             base = r.guid
                         elif any(c.isspace() for c in r.guid) or any(ord(c) < 0x20 for c in r.guid):
                             log.warning("Cannot keep message GUID %r in %s: it contains whitespace", r.guid, self.name)
                         else:
                             guid_field = r.guid
-                    known_bases.add(base)
+                    batch_bases.add(base)
                     flags = frozenset(normalize_flag(f) for f in r.flags)
                     keywords = frozenset(kw.spelling(k) for k in r.keywords)
                     letters = fn.letters_for(flags, self._keyword_indexes(kw, keywords))
@@ -1039,17 +1139,17 @@ class MaildirMailbox(Mailbox):
                 if kw.changed:
                     kwmod.write(self.keywords_path, kw, kw_st, fsync=st.fsync, chown=own)
                 for p in plans:
-                    self._choose_name(p, known_bases)
+                    self._choose_name(p, batch_bases)
                 # The uidlist records (UID, and the GUID in a G field) are durable before any
                 # file appears: a crash in between leaves records without files, which Dovecot
                 # and we ignore, never a file whose GUID was forgotten (a duplicate on re-sync).
                 new_records = []
                 for p in sorted(plans, key=lambda p: int(p["uid"])):  # type: ignore[call-overload]
-                    fields = {"G": str(p["gfield"])} if p["gfield"] else {}
+                    fields = {"G": str(p["gfield"])} if p["gfield"] else ulmod.NO_FIELDS
                     new_records.append(ulmod.UidlistRecord(int(p["uid"]), str(p["base"]), fields))  # type: ignore[call-overload]
                 ulmod.append(self.uidlist_path, ul, new_records, fsync=st.fsync)
                 with contextlib.suppress(OSError):
-                    self._remember_uidlist(ul, os.stat(self.uidlist_path))  # we hold its lock
+                    ul.described(os.stat(self.uidlist_path))  # we hold its lock: only our append changed it
                 for p in plans:
                     self._link_into_place(p)
             except BaseException:
@@ -1078,7 +1178,8 @@ class MaildirMailbox(Mailbox):
                 for p in plans
             ]
             modseq = self.changes.commit(upserts=entries, min_modseq=dovecot_modseq)
-            self._after_own_save(ul.uidvalidity, ul.effective_next_uid, {str(p["extra"]) for p in plans})
+            self._after_own_save(ul.uidvalidity, ul.effective_next_uid, {str(p["extra"]) for p in plans},
+                                 watch=watch)
             return [attrs_evolve_modseq(e.record(), modseq) for e in entries]
 
     def _write_tmp(self, path: str, body: BinaryIO) -> tuple[int, int]:
@@ -1112,12 +1213,12 @@ class MaildirMailbox(Mailbox):
             os.close(fd)
         return size, size + bare_lf
 
-    def _choose_name(self, p: dict[str, object], known_bases: set[str]) -> None:
+    def _choose_name(self, p: dict[str, object], batch_bases: set[str]) -> None:
         """Settle the final base name before the uidlist names it.
 
         Every file on disk is in the uidlist (the refresh under this lock put it there) and
-        ``known_bases`` holds them; this only guards against a name that appeared since.
-        """
+        the save checked the name against it; this only guards against a name that appeared
+        since. A new name goes into ``batch_bases``."""
         for _ in range(3):
             base = str(p["base"])
             if not any(os.path.lexists(os.path.join(self.dir, d, base)) for d in ("new", "cur")):
@@ -1125,7 +1226,7 @@ class MaildirMailbox(Mailbox):
             if not p["gfield"] and base != os.path.basename(str(p["tmp"])):
                 p["gfield"] = base
             p["base"] = f"{fn.generate_base()},S={p['size']},W={p['vsize']}"
-            known_bases.add(str(p["base"]))
+            batch_bases.add(str(p["base"]))
         raise StorageError(f"Cannot find a free file name in {self.dir}")
 
     def _link_into_place(self, p: dict[str, object]) -> None:
@@ -1149,6 +1250,7 @@ class MaildirMailbox(Mailbox):
             return []
         st = self.storage
         with self.locked():
+            watch = self._watching()
             self._refresh()
             assert self.changes is not None
             current = {e.uid: e for e in self.changes.entries_by_uid(u.uid for u in ups)}
@@ -1218,7 +1320,7 @@ class MaildirMailbox(Mailbox):
             if renamed and saved.get("v") and saved.get("g") == self._guid:
                 # What we renamed is in the change log: spare the next look a rescan.
                 self._after_own_save(int(saved["v"]), int(saved["n"]),  # type: ignore[call-overload]
-                                     {new for _, new in renamed}, frozenset(old for old, _ in renamed))
+                                     {new for _, new in renamed}, frozenset(old for old, _ in renamed), watch=watch)
             return list(self.records_by_uid_nolock([u.uid for u in upserts]))
 
     def records_by_uid_nolock(self, uids: list[int]) -> Iterator[MessageRecord]:
@@ -1275,8 +1377,26 @@ class MaildirMailbox(Mailbox):
         st = self.storage
         with self.locked():
             self._refresh()
-            ul, ul_st = ulmod.read(self.uidlist_path)
-            assert ul is not None and self.changes is not None
+            summary, _ = self._uidlist_summary()
+            assert summary is not None and self.changes is not None
+            # The whole list is parsed only to rewrite it; the usual end of a sync (a higher
+            # HIGHESTMODSEQ, a UIDNEXT already reached) needs the summary only.
+            rewrite = (
+                (uidvalidity is not None and uidvalidity != summary.uidvalidity)
+                or (min_uidnext is not None and min_uidnext > summary.effective_next_uid)
+                or (guid is not None and guid.lower() != summary.header.guid)
+            )
+            if not rewrite:
+                if min_highestmodseq:
+                    self.changes.commit(min_modseq=min_highestmodseq)
+                    dovecot_modseq = self.tell_dovecot(
+                        summary.uidvalidity, summary.effective_next_uid,
+                        at_least=self.changes.meta().highestmodseq, uidlist=summary,
+                    )
+                    self.changes.commit(min_modseq=dovecot_modseq)
+                return self.status()
+            ul, ul_st = self._read_uidlist()
+            assert ul is not None
             changed = False
             reset = False
             if uidvalidity is not None and uidvalidity != ul.uidvalidity:
@@ -1369,6 +1489,14 @@ class MaildirMailbox(Mailbox):
         if self._lock_depth:
             self._lock_depth = 0
             self._lock.release()
+
+
+def _uids_of(uidlist: ulmod.Uidlist | ulmod.UidlistSummary | None) -> Sequence[int] | None:
+    if uidlist is None:
+        return None
+    if isinstance(uidlist, ulmod.UidlistSummary):
+        return uidlist.uids
+    return [r.uid for r in uidlist.records]
 
 
 def attrs_evolve_modseq(rec: MessageRecord, modseq: int) -> MessageRecord:

@@ -12,9 +12,12 @@ broken file is never guessed at: reading raises :class:`CorruptError` naming the
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 
 import attrs
 
@@ -24,11 +27,16 @@ from dsync_core.errors import CorruptError, StorageError
 FILENAME = "dovecot-uidlist"
 
 
+#: The fields of a record that has none, shared: most records have none, and an empty
+#: dict each is 6 MiB at 100k messages.
+NO_FIELDS: Mapping[str, str] = MappingProxyType({})
+
+
 @attrs.define
 class UidlistRecord:
     uid: int
     base: str
-    fields: dict[str, str] = attrs.field(factory=dict)
+    fields: Mapping[str, str] = NO_FIELDS
 
     @property
     def guid(self) -> str | None:
@@ -64,6 +72,9 @@ class Uidlist:
     def by_base(self) -> dict[str, UidlistRecord]:
         return {r.base: r for r in self.records}
 
+    def note_appended(self, records: list[UidlistRecord]) -> None:
+        self.records.extend(records)
+
     def header_line(self) -> str:
         parts = ["3", f"V{self.uidvalidity}", f"N{self.next_uid}"]
         if self.guid:
@@ -73,6 +84,110 @@ class Uidlist:
 
     def format(self) -> bytes:
         return (self.header_line() + "".join(r.line() for r in self.records)).encode("utf-8", "surrogateescape")
+
+
+class UidlistSummary:
+    """What a save needs of a dovecot-uidlist, in arrays instead of one object per record:
+    the header, the UIDs (ascending) and a hash of each base name (to keep a new message's
+    file name from repeating one the list holds; a hash collision only makes a new name
+    avoid a free one). About 12 bytes a message where the parsed list takes 150: a first
+    copy of 100k messages holds this, not the whole list, between its batches.
+
+    ``key`` is the (inode, size, mtime) of the file it describes; :func:`append` keeps it
+    describing the file after our own appends."""
+
+    __slots__ = ("header", "uids", "_hashes", "_recent", "key", "stat")
+
+    def __init__(self, header: Uidlist, uids: array[int], hashes: list[int]) -> None:
+        self.header = header
+        self.uids = uids
+        hashes.sort()
+        self._hashes = array("q", hashes)
+        self._recent: set[int] = set()
+        self.key: tuple[int, int, int] | None = None
+        self.stat: os.stat_result | None = None
+
+    @property
+    def uidvalidity(self) -> int:
+        return self.header.uidvalidity
+
+    @property
+    def guid(self) -> str:
+        return self.header.guid
+
+    @property
+    def highest_uid(self) -> int:
+        return self.uids[-1] if self.uids else 0
+
+    @property
+    def effective_next_uid(self) -> int:
+        return max(self.header.next_uid, self.highest_uid + 1)
+
+    def may_hold(self, base: str) -> bool:
+        """Whether a record may name ``base`` (never False for one that does)."""
+        h = hash(base)
+        if h in self._recent:
+            return True
+        at = bisect.bisect_left(self._hashes, h)
+        return at < len(self._hashes) and self._hashes[at] == h
+
+    def note_appended(self, records: list[UidlistRecord]) -> None:
+        self.uids.extend(r.uid for r in records)
+        self._recent.update(hash(r.base) for r in records)
+        if len(self._recent) > 4096:  # fold into the sorted array now and then
+            merged = self._hashes.tolist() + list(self._recent)
+            merged.sort()
+            self._hashes = array("q", merged)
+            self._recent = set()
+
+    def described(self, st: os.stat_result) -> None:
+        self.key, self.stat = (st.st_ino, st.st_size, st.st_mtime_ns), st
+
+
+def summarize(data: bytes, path: str = FILENAME) -> UidlistSummary:
+    """A :class:`UidlistSummary` of the file content, without an object per record when
+    every record line is plain (otherwise from a full :func:`parse`)."""
+    nl = data.find(b"\n")
+    header = parse(data[: nl + 1] if nl >= 0 else data, path)
+    text = data.decode("utf-8", "surrogateescape")
+    pos = text.find("\n") + 1
+    end = text.rfind("\n") + 1
+    uids: array[int] = array("I")
+    hashes: list[int] = []
+    last = 0
+    plain = header.version == 3
+    if plain:
+        for m in _PLAIN_RECORD.finditer(text, pos, end):
+            uid = int(m.group(1))
+            if m.start() != pos or uid <= last or " G " in m.group(2) + " ":  # not plain, or an empty GUID
+                plain = False
+                break
+            pos = m.end() + 1
+            uids.append(uid)
+            hashes.append(hash(m.group(3).partition(":")[0]))
+            last = uid
+        plain = plain and pos == end and len(set(hashes)) == len(hashes)
+    if not plain:
+        ul = parse(data, path)
+        header.needs_rewrite = ul.needs_rewrite
+        uids = array("I", (r.uid for r in ul.records))
+        hashes = [hash(r.base) for r in ul.records]
+    return UidlistSummary(header, uids, hashes)
+
+
+def read_summary(path: str) -> tuple[UidlistSummary | None, os.stat_result | None]:
+    """:func:`summarize` the file (None when it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        raise StorageError(f"Cannot read {path}: {e.strerror}") from None
+    summary = summarize(data, path)
+    summary.described(st)
+    return summary, st
 
 
 def _bad(path: str, lineno: int, why: str) -> CorruptError:
@@ -151,7 +266,7 @@ def _parse_plain_records(ul: Uidlist, text: str, expected: int) -> bool:
         if uid <= last or base in seen:
             return False
         fstr = m.group(2)
-        fields = {f[0]: f[1:] for f in fstr[1:].split(" ")} if fstr else {}
+        fields = {f[0]: f[1:] for f in fstr[1:].split(" ")} if fstr else NO_FIELDS
         if "G" in fields and not fields["G"]:
             return False
         seen.add(base)
@@ -217,7 +332,7 @@ def _parse_records(ul: Uidlist, lines: list[str], path: str, first_lineno: int, 
             ul.records = [r for r in ul.records if r.base != base]
             ul.needs_rewrite = True
         seen[base] = uid
-        ul.records.append(UidlistRecord(uid, base, fields))
+        ul.records.append(UidlistRecord(uid, base, fields or NO_FIELDS))
         last = uid
 
 
@@ -285,7 +400,7 @@ def rewrite(path: str, ul: Uidlist, old_stat: os.stat_result | None, *, fsync: b
     ul.needs_rewrite = False
 
 
-def append(path: str, ul: Uidlist, records: Iterable[UidlistRecord], *, fsync: bool = True) -> None:
+def append(path: str, ul: Uidlist | UidlistSummary, records: Iterable[UidlistRecord], *, fsync: bool = True) -> None:
     """Append records with UIDs above every existing one (hold the uidlist lock)."""
     new = list(records)
     if not new:
@@ -306,7 +421,7 @@ def append(path: str, ul: Uidlist, records: Iterable[UidlistRecord], *, fsync: b
             os.close(fd)
     except OSError as e:
         raise StorageError(f"Cannot append to {path}: {e.strerror}") from None
-    ul.records.extend(new)
+    ul.note_appended(new)
 
 
-__all__ = ["Uidlist", "UidlistRecord", "parse", "parse_tail", "read", "read_header", "rewrite", "append", "FILENAME"]
+__all__ = ["Uidlist", "UidlistRecord", "UidlistSummary", "summarize", "read_summary", "parse", "parse_tail", "read", "read_header", "rewrite", "append", "FILENAME"]

@@ -59,8 +59,8 @@ def count_paths(monkeypatch):  # type: ignore[no-untyped-def]
         calls["full"] += 1
         return orig_read(self)
 
-    def quick(self, disk, racy):  # type: ignore[no-untyped-def]
-        out = orig_quick(self, disk, racy)
+    def quick(self, disk, racy, listed_at=None):  # type: ignore[no-untyped-def]
+        out = orig_quick(self, disk, racy, listed_at)
         if out is not None:
             calls["quick"] += 1
         return out
@@ -183,3 +183,53 @@ def test_fast_uidlist_parse_equals_the_line_parser(lines, torn) -> None:  # type
     except Exception as e:  # noqa: BLE001
         slow = type(e).__name__ + str(e)
     assert fast == slow
+
+
+@given(hs.lists(_line, max_size=12), hs.booleans(), hs.lists(hs.sampled_from(["9.M9.h", "1.M1P1.h", "new"]), max_size=3))
+def test_uidlist_summary_agrees_with_the_parse(lines, torn, probes) -> None:  # type: ignore[no-untyped-def]
+    """What saves keep of the list (UIDs, hashed names, the header) is what the parse says."""
+    text = "3 V5 N9 G0123456789abcdef0123456789abcdef\n" + "".join(
+        f"{uid}{''.join(' ' + f for f in fields)} :{name}\n" for uid, fields, name in lines
+    ) + ("7 :torn" if torn else "")
+    data = text.encode()
+    try:
+        full = ulmod.parse(data)
+    except Exception as e:  # noqa: BLE001
+        with pytest.raises(type(e)):
+            ulmod.summarize(data)
+        return
+    summary = ulmod.summarize(data)
+    assert list(summary.uids) == [r.uid for r in full.records]
+    assert summary.effective_next_uid == full.effective_next_uid
+    assert (summary.uidvalidity, summary.guid) == (full.uidvalidity, full.guid)
+    assert all(summary.may_hold(r.base) for r in full.records)
+    assert all(summary.may_hold(p) == (p in full.by_base()) for p in probes)  # hash(str) has no collisions here
+    extra = [ulmod.UidlistRecord(full.effective_next_uid + i, f"{i}.Mnew.h") for i in range(3)]
+    summary.note_appended(extra)
+    assert summary.highest_uid == (extra[-1].uid) and all(summary.may_hold(r.base) for r in extra)
+
+
+def test_a_save_batch_does_not_hold_the_parsed_uidlist(filled) -> None:  # type: ignore[no-untyped-def]
+    """Between batches of saves the mailbox keeps a summary, updated by our own appends,
+    not the list parsed again or kept whole."""
+    body = MSG % (51, 51, 51)
+    vsize = len(body) + body.count(b"\n")  # every LF counts as CRLF
+    reused = f"1.M1P1.reused,S={len(body)},W={vsize}"  # a GUID fit to be a base name
+    st = open_storage(f"maildir:{filled}", Settings())
+    try:
+        with st.open_mailbox("INBOX") as mb:
+            mb.save([SaveRequest(io.BytesIO(MSG % (50, 50, 50)))])
+            first = mb._mem.summary
+            mb.save([SaveRequest(io.BytesIO(body), guid=reused)])
+            assert mb._mem.summary is first  # followed our append, not read again
+            assert list(first.uids) == list(range(1, 33))
+            assert first.may_hold(reused)
+            uidlist = ulmod.read(os.path.join(filled, "dovecot-uidlist"))[0]
+            assert uidlist.records[-1].base == reused
+            # A name the list already holds is not given to a new file again.
+            mb.save([SaveRequest(io.BytesIO(body), guid=reused)])
+            uidlist = ulmod.read(os.path.join(filled, "dovecot-uidlist"))[0]
+            assert uidlist.records[-1].base != reused
+            assert uidlist.records[-1].fields.get("G") == reused
+    finally:
+        st.close()
