@@ -7,8 +7,8 @@ Times, for each tool on its own copies of the same generated corpus (see corpus.
 - initial `backup` Maildir -> empty sdbox, and -> empty mdbox;
 - incremental cost: on a synced pair, one change on the source (`flags add \\Seen` on one
   message, or `save` of one new message, each with the tool's own command), then the next
-  `sync`; at several corpus sizes, so that t(big)/t(small) shows whether an incremental sync
-  costs what changed or what is there.
+  `sync`, and one more `sync` with nothing changed; at several corpus sizes, so that
+  t(big)/t(small) shows whether an incremental sync costs what changed or what is there.
 
 Each measurement is repeated --runs times (the tools interleaved) and the median reported.
 After each pair of runs the destination (and for `sync` the source) is checked with
@@ -278,6 +278,8 @@ class Bench:
                 else:
                     deliver(src, text, rnd, self.user)
                 self.measure(f"sync after 1 new message, {size} msgs", tool, sync)
+                # Right after a sync: what a replicator's next run costs when nothing happened.
+                self.measure(f"sync after no change, {size} msgs", tool, sync)
         # Every flagged message was unseen; every new one is unseen.
         inbox_msgs, inbox_unseen = expected.boxes[""]
         after = Counts({**expected.boxes, "": (inbox_msgs + self.args.runs, inbox_unseen)})
@@ -346,7 +348,7 @@ class Bench:
             return []
         small, big = min(sizes), max(sizes)
         lines = []
-        for kind in ("1 flag change", "1 new message"):
+        for kind in ("1 flag change", "1 new message", "no change"):
             parts = []
             for tool in self.args.tools:
                 a = self.results.get((f"sync after {kind}, {small} msgs", tool))

@@ -101,9 +101,10 @@ def _describe(
     return appends[-1][0] if appends else 0
 
 
-def _pending(uidlist_uids: Sequence[int], state: di.IndexState, ours: Messages) -> bool:
-    """Whether the uidlist holds a UID, not one of ``ours``, that Dovecot has yet to index."""
-    for uid in reversed(uidlist_uids):
+def _pending(uidlist_uids: Iterable[int], state: di.IndexState, ours: Messages) -> bool:
+    """Whether the uidlist holds a UID, not one of ``ours``, that Dovecot has yet to index
+    (``uidlist_uids`` newest first: only the ones above Dovecot's next UID are looked at)."""
+    for uid in uidlist_uids:
         if uid < state.next_uid:
             return False
         if uid not in ours and uid not in state.messages:
@@ -150,7 +151,7 @@ class DovecotIndexSync:
         present: Messages | None = None,
         expunged: Iterable[tuple[int, str]] = (),
         everything: Callable[[], Messages] | None = None,
-        uidlist_uids: Sequence[int] | None = None,
+        uidlist_uids: Iterable[int] | None = None,
         keyword_order: Sequence[str] = (),
     ) -> int:
         """Describe one change of ours in Dovecot's log; return Dovecot's HIGHESTMODSEQ after
@@ -161,8 +162,9 @@ class DovecotIndexSync:
         this change. Without a Dovecot index, one is created from ``everything()`` (all
         messages of the mailbox); with ``everything`` None the mailbox is left without one.
 
-        ``uidlist_uids`` (ascending UIDs of ``dovecot-uidlist``, read under its lock) allows
-        appending messages and raising the next UID. Both are skipped when the uidlist holds
+        ``uidlist_uids`` (the UIDs of ``dovecot-uidlist`` newest first, re-iterable, read
+        under its lock) allows appending messages and raising the next UID. Both are skipped
+        when the uidlist holds
         a UID that Dovecot's index does not have yet and we are not appending: Dovecot gave
         it out and will index it in a moment; announcing a higher UID first would make
         Dovecot take it for an expunged message ("Expunged message reappeared").
@@ -198,7 +200,7 @@ class DovecotIndexSync:
         return self._state.highest_modseq
 
     def _append(self, uidvalidity: int, next_uid: int, at_least: int, present: Messages,
-                expunged: list[tuple[int, str]], uidlist_uids: Sequence[int] | None,
+                expunged: list[tuple[int, str]], uidlist_uids: Iterable[int] | None,
                 keyword_order: Sequence[str]) -> int:
         def build(state: di.IndexState) -> tuple[lf.Transaction | None, None]:
             tx = lf.Transaction()

@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import attrs
@@ -65,6 +65,8 @@ log = logging.getLogger("dsync.maildir")
 CHUNK = 64 * 1024
 LOCK_TIMEOUT = 120.0
 CHANGELOG_NAME = "dsync-changelog.sqlite"
+#: A mailbox this big is watched while we change it (see MaildirMailbox._watching).
+WATCH_MIN_MESSAGES = 10000
 _INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
 _CONTROL_FILES = (ulmod.FILENAME, kwmod.FILENAME, "maildirfolder")
 
@@ -245,7 +247,14 @@ class MaildirStorage(DirectoryStorage):
     def _forget_mailbox(self, guid: str) -> None:
         self.changelog.forget_mailbox(guid)
 
+    def _forget_memory(self, name: str) -> None:
+        """Drop what this process remembers of a mailbox (and its children) that moved or went."""
+        top = self.layout.mail_dir(name)
+        for d in [d for d in self._memory if d == top or d.startswith(top + os.sep) or d.startswith(top + ".")]:
+            del self._memory[d]
+
     def _remove_mailbox_files(self, name: str, *, has_children: bool) -> None:
+        self._forget_memory(name)
         # The mail directory first: once it (or its cur/) is gone the mailbox is gone, and
         # each step is one rename, so a killed run never leaves half a mailbox behind.
         dirs = dict.fromkeys([self.layout.mail_dir(name), self.layout.control_dir(name), self.layout.index_dir(name)])
@@ -261,6 +270,7 @@ class MaildirStorage(DirectoryStorage):
     def rename_mailbox(self, old: str, new: str) -> None:
         old = self.layout.validate(old)
         new = self.layout.validate(new)
+        self._forget_memory(old)
         if old == "INBOX":
             raise StorageError("Renaming INBOX isn't supported.", exit_code=EX_DATAERR)
         if new == old or new.startswith(old + HIERARCHY_SEP):
@@ -374,6 +384,9 @@ class MaildirStorage(DirectoryStorage):
                     mtimes.append(os.stat(os.path.join(self.layout.mail_dir(m.name), sub)).st_mtime_ns)
         self.racy_rule.settle(mtimes)
         for m in pending:
+            # A mailbox renamed or deleted meanwhile is not opened (that would create it).
+            if not os.path.isdir(os.path.join(self.layout.mail_dir(m.name), "cur")):
+                continue
             with contextlib.suppress(DsyncError, OSError):
                 MaildirMailbox(self, m.name)._persist_pending()
 
@@ -518,6 +531,11 @@ class MaildirMailbox(Mailbox):
         """The watcher, watching cur/ and new/ from now if this is our first change (call
         before looking at the mailbox). None where it would not see every writer: off
         Linux, or on a network filesystem."""
+        if not self._mem.watched:
+            # Closing an inotify instance waits for the kernel (10-20 ms): more than a
+            # rescan of a small mailbox costs.
+            if self.changes is None or self.changes.meta().messages < WATCH_MIN_MESSAGES:
+                return None
         watcher = self.storage.watcher()
         if watcher is None or not watcher.watch(self.dir, {sub: os.path.join(self.dir, sub) for sub in ("cur", "new")}):
             return None
@@ -738,12 +756,12 @@ class MaildirMailbox(Mailbox):
         # The digest only serves checking our own changes by a listing; where the watcher
         # checks them (a local filesystem) it is not needed.
         digest = None if self.storage.racy_rule.fine else _names_digest(names)
-        # The change log's names against the listing: two set differences, done in C (a
-        # loop over 100k rows in Python was most of a one-change sync at that size).
-        stored = self.changes.extras()
-        gone = {x: stored[x] for x in stored.keys() - names}
-        added = sorted(names - stored.keys())
-        del stored, names
+        # The change log's names against the listing, in chunks compared in C (a loop over
+        # 100k rows in Python was most of a one-change sync at that size): what is left of
+        # the listing was added.
+        gone = self.changes.compare_extras(names)
+        added = sorted(names)
+        del names
         upserts: list[Entry] = []
         expunged: list[int] = []
         new_uids: set[int] = set()
@@ -1102,6 +1120,9 @@ class MaildirMailbox(Mailbox):
                 uids.append(cand)
                 taken.add(cand)
             batch_bases: set[str] = set()  # the names this batch gives out
+            # Incoming GUIDs fit to be file names that the uidlist names already: those
+            # become a G field of a new name (one question for the whole batch).
+            taken = ul.taken([r.guid for r in reqs if r.guid and fn.valid_base(r.guid)])
             tmp_dir = os.path.join(self.dir, "tmp")
             plans: list[dict[str, object]] = []
             try:
@@ -1120,7 +1141,7 @@ class MaildirMailbox(Mailbox):
                             and fn.base_field(r.guid, "S") == size
                             and fn.base_field(r.guid, "W") == vsize
                             and r.guid not in batch_bases
-                            and not ul.may_hold(r.guid)
+                            and r.guid not in taken
                         ):
                             base = r.guid
                         elif any(c.isspace() for c in r.guid) or any(ord(c) < 0x20 for c in r.guid):
@@ -1491,12 +1512,13 @@ class MaildirMailbox(Mailbox):
             self._lock.release()
 
 
-def _uids_of(uidlist: ulmod.Uidlist | ulmod.UidlistSummary | None) -> Sequence[int] | None:
+def _uids_of(uidlist: ulmod.Uidlist | ulmod.UidlistSummary | None) -> Iterable[int] | None:
+    """The uidlist's UIDs, newest first (re-iterable), for DovecotIndexSync.record."""
     if uidlist is None:
         return None
     if isinstance(uidlist, ulmod.UidlistSummary):
-        return uidlist.uids
-    return [r.uid for r in uidlist.records]
+        return uidlist.uids_newest_first()
+    return [r.uid for r in reversed(uidlist.records)]
 
 
 def attrs_evolve_modseq(rec: MessageRecord, modseq: int) -> MessageRecord:

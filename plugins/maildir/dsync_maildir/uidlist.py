@@ -16,7 +16,7 @@ import bisect
 import os
 import re
 from array import array
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 import attrs
@@ -87,25 +87,28 @@ class Uidlist:
 
 
 class UidlistSummary:
-    """What a save needs of a dovecot-uidlist, in arrays instead of one object per record:
-    the header, the UIDs (ascending) and a hash of each base name (to keep a new message's
-    file name from repeating one the list holds; a hash collision only makes a new name
-    avoid a free one). About 12 bytes a message where the parsed list takes 150: a first
-    copy of 100k messages holds this, not the whole list, between its batches.
+    """What a save needs of a dovecot-uidlist, without an object per record: the header,
+    the highest UID, and answers read from the file only when asked (newest UIDs first;
+    whether a base name is taken). A save of one message into a 100k-message mailbox reads
+    the header and the last line; a first copy builds, once, arrays of the UIDs and of a
+    hash of each base name (about 12 bytes a message where the parsed list takes 150) and
+    keeps them up to date through our own appends. A hash collision only makes a new name
+    avoid a free one.
 
     ``key`` is the (inode, size, mtime) of the file it describes; :func:`append` keeps it
-    describing the file after our own appends."""
+    describing the file after our own appends. Use it under the uidlist lock."""
 
-    __slots__ = ("header", "uids", "_hashes", "_recent", "key", "stat")
+    #: Up to this many names, :meth:`taken` searches the file instead of building the hashes.
+    SEARCH_LIMIT = 16
 
-    def __init__(self, header: Uidlist, uids: array[int], hashes: list[int]) -> None:
+    def __init__(self, path: str, header: Uidlist, highest_uid: int) -> None:
+        self.path = path
         self.header = header
-        self.uids = uids
-        hashes.sort()
-        self._hashes = array("q", hashes)
-        self._recent: set[int] = set()
+        self.highest_uid = highest_uid
         self.key: tuple[int, int, int] | None = None
         self.stat: os.stat_result | None = None
+        self._hashes: array[int] | None = None  # sorted, once built
+        self._recent: set[int] = set()  # hashes of names appended since
 
     @property
     def uidvalidity(self) -> int:
@@ -116,76 +119,133 @@ class UidlistSummary:
         return self.header.guid
 
     @property
-    def highest_uid(self) -> int:
-        return self.uids[-1] if self.uids else 0
-
-    @property
     def effective_next_uid(self) -> int:
         return max(self.header.next_uid, self.highest_uid + 1)
 
-    def may_hold(self, base: str) -> bool:
-        """Whether a record may name ``base`` (never False for one that does)."""
-        h = hash(base)
-        if h in self._recent:
-            return True
-        at = bisect.bisect_left(self._hashes, h)
-        return at < len(self._hashes) and self._hashes[at] == h
+    def _read(self) -> bytes:
+        try:
+            with open(self.path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise StorageError(f"Cannot read {self.path}: {e.strerror}") from None
+
+    def _build(self) -> None:
+        data = self._read()
+        text = data.decode("utf-8", "surrogateescape")
+        matches = list(_PLAIN_RECORD.finditer(text, text.find("\n") + 1, text.rfind("\n") + 1))
+        uids = [int(m.group(1)) for m in matches]
+        if len(matches) != text.count("\n") - 1 or any(a >= b for a, b in zip(uids, uids[1:])):
+            # A line that is not plain, or UIDs out of order: the full parser knows (or says) it.
+            hashes = [hash(r.base) for r in parse(data, self.path).records]
+        else:
+            hashes = [hash(m.group(3).partition(":")[0]) for m in matches]
+        del matches, uids
+        hashes.extend(self._recent)
+        hashes.sort()
+        self._hashes = array("q", hashes)
+        self._recent = set()
+
+    def taken(self, bases: list[str]) -> set[str]:
+        """Which of ``bases`` a record may name (never leaves out one that does)."""
+        if not bases:
+            return set()
+        if self._hashes is None and len(bases) <= self.SEARCH_LIMIT:
+            data = self._read()
+            return {b for b in bases if hash(b) in self._recent or _names(data, b)}
+        if self._hashes is None:
+            self._build()
+        assert self._hashes is not None
+        out = set()
+        for b in bases:
+            h = hash(b)
+            at = bisect.bisect_left(self._hashes, h)
+            if h in self._recent or (at < len(self._hashes) and self._hashes[at] == h):
+                out.add(b)
+        return out
+
+    def uids_newest_first(self) -> Iterable[int]:
+        """:meth:`uids_descending`, as something that can be iterated more than once."""
+        summary = self
+
+        class _Again:
+            def __iter__(self) -> Iterator[int]:
+                return summary.uids_descending()
+
+        return _Again()
+
+    def uids_descending(self) -> Iterator[int]:
+        """The records' UIDs, newest first, read from the end of the file as far as asked."""
+        data = self._read()
+        end = data.rfind(b"\n")
+        first = data.find(b"\n") + 1
+        while end > first:
+            start = data.rfind(b"\n", 0, end) + 1
+            head = data[start:end].split(b" ", 1)[0]
+            if head.isdigit():
+                yield int(head)
+            end = start - 1
 
     def note_appended(self, records: list[UidlistRecord]) -> None:
-        self.uids.extend(r.uid for r in records)
-        self._recent.update(hash(r.base) for r in records)
-        if len(self._recent) > 4096:  # fold into the sorted array now and then
-            merged = self._hashes.tolist() + list(self._recent)
-            merged.sort()
-            self._hashes = array("q", merged)
-            self._recent = set()
+        if records:
+            self.highest_uid = records[-1].uid
+        if self._hashes is not None:
+            self._recent.update(hash(r.base) for r in records)
+            if len(self._recent) > 4096:  # fold into the sorted array now and then
+                merged = self._hashes.tolist() + list(self._recent)
+                merged.sort()
+                self._hashes = array("q", merged)
+                self._recent = set()
 
     def described(self, st: os.stat_result) -> None:
         self.key, self.stat = (st.st_ino, st.st_size, st.st_mtime_ns), st
 
 
-def summarize(data: bytes, path: str = FILENAME) -> UidlistSummary:
-    """A :class:`UidlistSummary` of the file content, without an object per record when
-    every record line is plain (otherwise from a full :func:`parse`)."""
-    nl = data.find(b"\n")
-    header = parse(data[: nl + 1] if nl >= 0 else data, path)
-    text = data.decode("utf-8", "surrogateescape")
-    pos = text.find("\n") + 1
-    end = text.rfind("\n") + 1
-    uids: array[int] = array("I")
-    hashes: list[int] = []
-    last = 0
-    plain = header.version == 3
-    if plain:
-        for m in _PLAIN_RECORD.finditer(text, pos, end):
-            uid = int(m.group(1))
-            if m.start() != pos or uid <= last or " G " in m.group(2) + " ":  # not plain, or an empty GUID
-                plain = False
-                break
-            pos = m.end() + 1
-            uids.append(uid)
-            hashes.append(hash(m.group(3).partition(":")[0]))
-            last = uid
-        plain = plain and pos == end and len(set(hashes)) == len(hashes)
-    if not plain:
-        ul = parse(data, path)
-        header.needs_rewrite = ul.needs_rewrite
-        uids = array("I", (r.uid for r in ul.records))
-        hashes = [hash(r.base) for r in ul.records]
-    return UidlistSummary(header, uids, hashes)
+def _names(data: bytes, base: str) -> bool:
+    """Whether a record line in ``data`` names ``base`` (a byte search, no parse)."""
+    needle = b":" + base.encode("utf-8", "surrogateescape")
+    at = data.find(needle)
+    while at >= 0:
+        end = at + len(needle)
+        if data[at - 1:at] == b" " and data[end:end + 1] in (b"\n", b":"):
+            return True
+        at = data.find(needle, at + 1)
+    return False
 
 
 def read_summary(path: str) -> tuple[UidlistSummary | None, os.stat_result | None]:
-    """:func:`summarize` the file (None when it does not exist)."""
+    """A :class:`UidlistSummary` of the file (None when it does not exist): its header
+    and last line only."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            data = f.read()
+            first = f.readline()
+            tail_from = max(len(first), st.st_size - 65536)
+            f.seek(tail_from)
+            tail = f.read(st.st_size - tail_from)
     except FileNotFoundError:
         return None, None
     except OSError as e:
         raise StorageError(f"Cannot read {path}: {e.strerror}") from None
-    summary = summarize(data, path)
+    if not first.endswith(b"\n"):
+        raise _bad(path, 1, "missing header")
+    header = parse(first, path)
+    highest: int | None = 0
+    end = tail.rfind(b"\n")  # what follows the last LF is an append in progress: ignored
+    if end >= 0:
+        start = tail.rfind(b"\n", 0, end) + 1
+        if start == 0 and tail_from > len(first):
+            highest = None  # the last line began before what was read
+        else:
+            m = _PLAIN_RECORD.match(tail[start:end].decode("utf-8", "surrogateescape"))
+            highest = int(m.group(1)) if m else None
+    elif tail_from > len(first):
+        highest = None
+    if highest is None or header.version != 3:  # the slow way: parse it all, keep the header
+        ul, st = read(path)
+        assert ul is not None and st is not None
+        summary = UidlistSummary(path, attrs.evolve(ul, records=[]), ul.highest_uid)
+    else:
+        summary = UidlistSummary(path, header, highest)
     summary.described(st)
     return summary, st
 
@@ -424,4 +484,4 @@ def append(path: str, ul: Uidlist | UidlistSummary, records: Iterable[UidlistRec
     ul.note_appended(new)
 
 
-__all__ = ["Uidlist", "UidlistRecord", "UidlistSummary", "summarize", "read_summary", "parse", "parse_tail", "read", "read_header", "rewrite", "append", "FILENAME"]
+__all__ = ["Uidlist", "UidlistRecord", "UidlistSummary", "read_summary", "parse", "parse_tail", "read", "read_header", "rewrite", "append", "FILENAME"]

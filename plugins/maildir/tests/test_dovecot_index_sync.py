@@ -295,7 +295,7 @@ def test_fresh_log_describes_messages(tmp_path) -> None:  # type: ignore[no-unty
     assert {u: (di.bits_to_flags(m.flags), frozenset(m.keywords)) for u, m in state.messages.items()} == msgs
     # A change: flags of 1, expunge of 3, append of 9 (at next_uid).
     got = sync.record(uidvalidity=77, next_uid=10, at_least=11, present={1: (frozenset(), frozenset()),
-                      9: (frozenset({"\\Draft"}), frozenset())}, expunged=[(3, "somefile")], uidlist_uids=[1, 3, 9])
+                      9: (frozenset({"\\Draft"}), frozenset())}, expunged=[(3, "somefile")], uidlist_uids=[9, 3, 1])
     state = di.IndexState.load(str(tmp_path))
     assert got == state.highest_modseq == 10 + 4  # FLAG_UPDATE, KEYWORD_UPDATE remove x, EXPUNGE_GUID, APPEND
     assert {u: di.bits_to_flags(m.flags) for u, m in state.messages.items()} == {1: frozenset(), 9: {"\\Draft"}}

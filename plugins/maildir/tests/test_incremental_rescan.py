@@ -185,28 +185,45 @@ def test_fast_uidlist_parse_equals_the_line_parser(lines, torn) -> None:  # type
     assert fast == slow
 
 
-@given(hs.lists(_line, max_size=12), hs.booleans(), hs.lists(hs.sampled_from(["9.M9.h", "1.M1P1.h", "new"]), max_size=3))
-def test_uidlist_summary_agrees_with_the_parse(lines, torn, probes) -> None:  # type: ignore[no-untyped-def]
-    """What saves keep of the list (UIDs, hashed names, the header) is what the parse says."""
+@given(hs.lists(_line, max_size=12), hs.booleans(),
+       hs.lists(hs.sampled_from(["9.M9.h", "1.M1P1.h", "2.M2P2.h", "new"]), max_size=3),
+       hs.sampled_from([0, 1, 16]))
+def test_uidlist_summary_agrees_with_the_parse(tmp_path_factory, lines, torn, probes, search) -> None:  # type: ignore[no-untyped-def]
+    """What saves ask of the list (the newest UIDs, whether a name is taken, the header) is
+    what the full parse says, whether names are searched in the file or hashed."""
     text = "3 V5 N9 G0123456789abcdef0123456789abcdef\n" + "".join(
         f"{uid}{''.join(' ' + f for f in fields)} :{name}\n" for uid, fields, name in lines
     ) + ("7 :torn" if torn else "")
-    data = text.encode()
+    path = str(tmp_path_factory.mktemp("ul") / "dovecot-uidlist")
+    with open(path, "wb") as f:
+        f.write(text.encode())
     try:
-        full = ulmod.parse(data)
+        full = ulmod.parse(text.encode())
     except Exception as e:  # noqa: BLE001
-        with pytest.raises(type(e)):
-            ulmod.summarize(data)
+        with pytest.raises(type(e)):  # at the latest when the names are hashed
+            summary, _ = ulmod.read_summary(path)
+            assert summary is not None
+            summary.SEARCH_LIMIT = 0
+            summary.taken(["x"])
         return
-    summary = ulmod.summarize(data)
-    assert list(summary.uids) == [r.uid for r in full.records]
+    summary, _ = ulmod.read_summary(path)
+    assert summary is not None
+    summary.SEARCH_LIMIT = search
+    # Every record line's UID, newest first (a duplicate name's earlier line too: harmless
+    # for its one use, telling whether Dovecot has yet to index a UID).
+    assert list(summary.uids_descending()) == [int(x.split(" ", 1)[0]) for x in text.split("\n")[1:-1]][::-1]
+    assert list(summary.uids_newest_first()) == list(summary.uids_newest_first())  # again
     assert summary.effective_next_uid == full.effective_next_uid
     assert (summary.uidvalidity, summary.guid) == (full.uidvalidity, full.guid)
-    assert all(summary.may_hold(r.base) for r in full.records)
-    assert all(summary.may_hold(p) == (p in full.by_base()) for p in probes)  # hash(str) has no collisions here
+    bases = [r.base for r in full.records]
+    assert summary.taken(bases) == set(bases)
+    assert summary.taken(probes) == {p for p in probes if p in bases}  # hash(str) has no collisions here
     extra = [ulmod.UidlistRecord(full.effective_next_uid + i, f"{i}.Mnew.h") for i in range(3)]
-    summary.note_appended(extra)
-    assert summary.highest_uid == (extra[-1].uid) and all(summary.may_hold(r.base) for r in extra)
+    if not torn:
+        ulmod.append(path, summary, extra, fsync=False)
+        assert summary.highest_uid == extra[-1].uid
+        assert summary.taken([r.base for r in extra]) == {r.base for r in extra}
+        assert list(summary.uids_descending())[:3] == [r.uid for r in reversed(extra)]
 
 
 def test_a_save_batch_does_not_hold_the_parsed_uidlist(filled) -> None:  # type: ignore[no-untyped-def]
@@ -222,8 +239,8 @@ def test_a_save_batch_does_not_hold_the_parsed_uidlist(filled) -> None:  # type:
             first = mb._mem.summary
             mb.save([SaveRequest(io.BytesIO(body), guid=reused)])
             assert mb._mem.summary is first  # followed our append, not read again
-            assert list(first.uids) == list(range(1, 33))
-            assert first.may_hold(reused)
+            assert list(first.uids_descending()) == list(range(32, 0, -1))
+            assert first.taken([reused]) == {reused}
             uidlist = ulmod.read(os.path.join(filled, "dovecot-uidlist"))[0]
             assert uidlist.records[-1].base == reused
             # A name the list already holds is not given to a new file again.

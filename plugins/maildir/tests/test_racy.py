@@ -95,6 +95,12 @@ def test_watch_tells_our_entries_from_others(tmp_path) -> None:  # type: ignore[
         assert w.only("b", set(), set())
 
 
+@pytest.fixture(autouse=True)
+def watch_small_mailboxes(monkeypatch):  # type: ignore[no-untyped-def]
+    """These mailboxes are small; watch them as if they were big."""
+    monkeypatch.setattr(maildir_storage, "WATCH_MIN_MESSAGES", 0)
+
+
 def _inbox(root: str, n: int = 20) -> None:
     st = open_storage(f"maildir:{root}", Settings())
     with st.open_mailbox("INBOX") as mb:
@@ -205,3 +211,16 @@ def test_network_filesystem_keeps_the_long_rule(tmp_path, rescans) -> None:  # t
     st.close()
     assert rescans["n"] == 1
     assert flags[5] == frozenset({"\\Flagged"})
+
+
+def test_a_small_mailbox_is_not_watched(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Closing an inotify instance costs more than rescanning a small mailbox."""
+    monkeypatch.setattr(maildir_storage, "WATCH_MIN_MESSAGES", 100)
+    root = str(tmp_path / "Maildir")
+    _inbox(root)
+    st = open_storage(f"maildir:{root}", Settings())
+    with st.open_mailbox("INBOX") as mb:
+        mb.update_flags([FlagUpdate(1, add_flags=frozenset({"\\Seen"}))])
+    assert st._watcher is None and not st._watcher_tried  # type: ignore[attr-defined]
+    st.close()
+    assert {u: f for u, _g, f, _k in snapshot(root)}[1] == frozenset({"\\Seen"})
