@@ -104,9 +104,9 @@ class _MailboxMemory:
 
     def __init__(self, name: str = "") -> None:
         self.name = name
-        # What cur/ and new/ were last verified to hold (their stamp, and every entry name as
-        # "sub/name"), so that our own saves need not rescan after each batch. In memory
-        # only: a stamp taken in the racy window is never persisted.
+        # What cur/ and new/ were last verified to hold (their stamp, and a digest of every
+        # entry name as "sub/name"), so that our own saves need not rescan after each batch.
+        # A stamp taken within the directories' timestamp tick stays in memory (see racy.py).
         self.stamp: str | None = None
         self.names: int | None = None  # _names_digest of that listing
         # What saves need of dovecot-uidlist (see UidlistSummary), kept while the file is
