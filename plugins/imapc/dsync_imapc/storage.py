@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, BinaryIO
 
 import attrs
@@ -482,6 +482,31 @@ def raw_fetch(conn: Connection, uids: str, items: list[str], modifiers: list[str
 _F_UID = re.compile(rb"\bUID (\d+)")
 _F_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
 _F_DATE = re.compile(rb'\bINTERNALDATE "([^"]+)"')
+_DATE_TIME = re.compile(rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})")
+_MONTHS = {m: i for i, m in enumerate(
+    (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"), 1)}
+_ZONES: dict[bytes, timezone] = {}
+
+
+def internaldate(raw: bytes) -> datetime | None:
+    """An IMAP date-time (``"17-Jul-1996 02:44:25 -0700"``) as an aware datetime, None if it
+    is not one (strptime did the same at several times the cost, once per message)."""
+    m = _DATE_TIME.fullmatch(raw)
+    if m is None:
+        return None
+    day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
+    month = _MONTHS.get(mon.capitalize())
+    key = sign + zh + zm
+    tz = _ZONES.get(key)
+    if tz is None:
+        offset = timedelta(hours=int(zh), minutes=int(zm))
+        if offset >= timedelta(hours=24):
+            return None
+        tz = _ZONES[key] = timezone(-offset if sign == b"-" else offset)
+    try:
+        return datetime(int(year), month or 0, int(day), int(hh), int(mm), int(ss), tzinfo=tz)
+    except ValueError:
+        return None
 _F_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _F_MODSEQ = re.compile(rb"\bMODSEQ \((\d+)\)")
 _F_LITERAL = re.compile(rb"(BODY\[[^\]]*\](?:<\d+>)?) \{\d+\}$")
@@ -534,10 +559,10 @@ def _fields(text: bytes) -> dict[bytes, Any] | None:
     if (f := _F_FLAGS.search(text)) is not None:
         d[b"FLAGS"] = tuple(f.group(1).split())
     if (f := _F_DATE.search(text)) is not None:
-        try:
-            d[b"INTERNALDATE"] = datetime.strptime(f.group(1).decode().strip(), "%d-%b-%Y %H:%M:%S %z")
-        except ValueError:
+        date = internaldate(f.group(1))
+        if date is None:
             return None
+        d[b"INTERNALDATE"] = date
     if (f := _F_SIZE.search(text)) is not None:
         d[b"RFC822.SIZE"] = int(f.group(1))
     if (f := _F_MODSEQ.search(text)) is not None:

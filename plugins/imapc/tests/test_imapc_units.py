@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from dsync_imapc.config import load_config
 from dsync_imapc.headerhash import disambiguate, header_hash, normalize
 from dsync_imapc.names import to_name, to_raw
 from dsync_imapc.storage import _flags, _gmail_labelled, parse_uid_set, uid_set
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dsync_core.errors import ConfigError, InvalidNameError
 from dsync_core.settings import Settings
@@ -137,3 +141,30 @@ def test_plugin_import_is_light() -> None:
         "assert 'imapclient' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31)),
+       st.integers(-23 * 60 - 59, 23 * 60 + 59), st.booleans(), st.booleans())
+def test_internaldate_reads_what_strptime_reads(when, offset_min, pad, lower) -> None:  # type: ignore[no-untyped-def]
+    """The hand-made INTERNALDATE parser agrees with strptime on every date-time IMAP can
+    send (space-padded days, any month case, offsets up to 23:59)."""
+    from datetime import timedelta, timezone
+
+    from dsync_imapc.storage import internaldate
+
+    tz = timezone(timedelta(minutes=offset_min))
+    sign = "-" if offset_min < 0 else "+"
+    text = (f"{when.day:2d}" if pad else f"{when.day:02d}") + when.strftime("-%b-%Y %H:%M:%S ") \
+        + f"{sign}{abs(offset_min) // 60:02d}{abs(offset_min) % 60:02d}"
+    if lower:
+        text = text.lower()
+    expected = datetime.strptime(text.strip(), "%d-%b-%Y %H:%M:%S %z")
+    assert internaldate(text.encode()) == expected == when.replace(microsecond=0, tzinfo=tz)
+
+
+def test_internaldate_rejects_what_is_not_a_date() -> None:
+    from dsync_imapc.storage import internaldate
+
+    for bad in (b"31-Feb-2024 00:00:00 +0000", b"01-Xyz-2024 00:00:00 +0000", b"01-Jan-2024 00:00:00 +2400",
+                b"01-Jan-2024 25:00:00 +0000", b"01-Jan-2024", b"", b"01-Jan-2024 00:00:00 0000"):
+        assert internaldate(bad) is None, bad

@@ -1222,7 +1222,9 @@ class MaildirMailbox(Mailbox):
                     raise UsageError("Message bodies must be binary streams")
                 size += len(chunk)
                 lf = chunk.count(b"\n")
-                crlf = chunk.count(b"\r\n") + (1 if prev == b"\r" and chunk[:1] == b"\n" else 0)
+                # Most bodies have no CR at all: a one-byte search spares the slower two-byte count.
+                crlf = chunk.count(b"\r\n") if b"\r" in chunk else 0
+                crlf += 1 if prev == b"\r" and chunk[:1] == b"\n" else 0
                 bare_lf += lf - crlf
                 prev = chunk[-1:]
                 view = memoryview(chunk)
