@@ -174,16 +174,36 @@ class UidlistSummary:
         return _Again()
 
     def uids_descending(self) -> Iterator[int]:
-        """The records' UIDs, newest first, read from the end of the file as far as asked."""
-        data = self._read()
-        end = data.rfind(b"\n")
-        first = data.find(b"\n") + 1
-        while end > first:
-            start = data.rfind(b"\n", 0, end) + 1
-            head = data[start:end].split(b" ", 1)[0]
-            if head.isdigit():
-                yield int(head)
-            end = start - 1
+        """The records' UIDs, newest first, read from the end of the file in 64 KiB steps as
+        far as asked (a save asks for the few above Dovecot's next UID)."""
+        try:
+            f = open(self.path, "rb")
+        except OSError as e:
+            raise StorageError(f"Cannot read {self.path}: {e.strerror}") from None
+        with f:
+            lo = len(f.readline())
+            hi = os.fstat(f.fileno()).st_size
+            carry = b""  # the start of a line whose beginning is further up
+            last = True
+            while hi > lo:
+                start = max(lo, hi - 65536)
+                f.seek(start)
+                block = f.read(hi - start) + carry
+                hi = start
+                if last:  # what follows the last LF is an append in progress
+                    block = block[: block.rfind(b"\n") + 1]
+                    last = False
+                carry = b""
+                if start > lo:
+                    nl = block.find(b"\n")
+                    if nl < 0:
+                        carry = block
+                        continue
+                    carry, block = block[: nl + 1], block[nl + 1:]
+                for line in reversed(block.split(b"\n")[:-1]):
+                    head = line.split(b" ", 1)[0]
+                    if head.isdigit():
+                        yield int(head)
 
     def note_appended(self, records: list[UidlistRecord]) -> None:
         if records:
@@ -215,19 +235,10 @@ def _names(data: bytes, base: str) -> bool:
 def read_summary(path: str) -> tuple[UidlistSummary | None, os.stat_result | None]:
     """A :class:`UidlistSummary` of the file (None when it does not exist): its header
     and last line only."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            first = f.readline()
-            tail_from = max(len(first), st.st_size - 65536)
-            f.seek(tail_from)
-            tail = f.read(st.st_size - tail_from)
-    except FileNotFoundError:
+    got = _read_ends(path, 65536)
+    if got is None:
         return None, None
-    except OSError as e:
-        raise StorageError(f"Cannot read {path}: {e.strerror}") from None
-    if not first.endswith(b"\n"):
-        raise _bad(path, 1, "missing header")
+    st, first, tail_from, tail = got
     header = parse(first, path)
     highest: int | None = 0
     end = tail.rfind(b"\n")  # what follows the last LF is an append in progress: ignored
@@ -409,19 +420,31 @@ def read(path: str) -> tuple[Uidlist | None, os.stat_result | None]:
     return parse(data, path), st
 
 
-def read_header(path: str) -> tuple[Uidlist | None, os.stat_result | None]:
-    """Only the header line (cheap): records stay empty."""
+def _read_ends(path: str, tail: int) -> tuple[os.stat_result, bytes, int, bytes] | None:
+    """The file's stat, its header line, and up to ``tail`` bytes from its end (never from
+    the header) with their offset; None when there is no file."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             first = f.readline()
+            start = max(len(first), st.st_size - tail)
+            f.seek(start)
+            data = f.read(st.st_size - start) if tail else b""
     except FileNotFoundError:
-        return None, None
+        return None
     except OSError as e:
         raise StorageError(f"Cannot read {path}: {e.strerror}") from None
     if not first.endswith(b"\n"):
         raise _bad(path, 1, "missing header")
-    return parse(first, path), st
+    return st, first, start, data
+
+
+def read_header(path: str) -> tuple[Uidlist | None, os.stat_result | None]:
+    """Only the header line (cheap): records stay empty."""
+    got = _read_ends(path, 0)
+    if got is None:
+        return None, None
+    return parse(got[1], path), got[0]
 
 
 def _bump_mtime(path: str, old: os.stat_result | None) -> None:

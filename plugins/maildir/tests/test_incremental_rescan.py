@@ -250,3 +250,22 @@ def test_a_save_batch_does_not_hold_the_parsed_uidlist(filled) -> None:  # type:
             assert uidlist.records[-1].fields.get("G") == reused
     finally:
         st.close()
+
+
+def test_uidlist_summary_reads_a_big_list_from_its_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Newest UIDs across 64 KiB steps, lines longer than a step, a last line too long for
+    the tail read, and an append in progress."""
+    path = str(tmp_path / "dovecot-uidlist")
+    lines, uid = ["3 V5 N9 G0123456789abcdef0123456789abcdef\n"], 0
+    for i in range(20000):
+        uid += 1 + i % 3
+        lines.append(f"{uid} :{i}.M{i}P1.{'h' * (70000 if i % 4999 == 0 else 20)}\n")
+    for last_long in (False, True):
+        body = "".join(lines) + (f"{uid + 1} :{'l' * 70000}\n" if last_long else "") + "99999999 :torn"
+        with open(path, "w") as f:
+            f.write(body)
+        summary, _ = ulmod.read_summary(path)
+        full, _ = ulmod.read(path)
+        assert summary is not None and full is not None
+        assert list(summary.uids_descending()) == [r.uid for r in reversed(full.records)]
+        assert summary.highest_uid == full.highest_uid
