@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -157,16 +158,12 @@ class _UserLocks:
     """One connection per user at a time (the listener's "user locked while it syncs")."""
 
     def __init__(self, timeout: float) -> None:
-        import threading
-
         self.timeout = timeout
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
     @contextlib.contextmanager
     def hold(self, user: str) -> Iterator[None]:
-        import threading
-
         with self._guard:
             lock = self._locks.setdefault(user, threading.Lock())
         if not lock.acquire(timeout=self.timeout):
@@ -183,7 +180,6 @@ def _listen(args: argparse.Namespace, ctx: CliContext) -> int:
     import socket
     import socketserver
     import tempfile
-    import threading
 
     from ..protocol import SocketChannel
     from ..remote import serve

@@ -859,15 +859,7 @@ class MaildirMailbox(Mailbox):
             return True  # many: a full rescan is as cheap
         with open(self.uidlist_path, "rb") as f:
             head = f.read(upto)
-        for base in bases:
-            needle = b":" + base.encode("utf-8", "surrogateescape")
-            at = head.find(needle)
-            while at >= 0:
-                end = at + len(needle)
-                if (at == 0 or head[at - 1:at] == b" ") and head[end:end + 1] in (b"\n", b":"):
-                    return True
-                at = head.find(needle, at + 1)
-        return False
+        return any(ulmod.names(head, base) for base in bases)
 
     def _dovecot_history(
         self, uidvalidity: int, uidnext: int, upserts: list[Entry], known: set[int]
@@ -1409,46 +1401,41 @@ class MaildirMailbox(Mailbox):
                 or (min_uidnext is not None and min_uidnext > summary.effective_next_uid)
                 or (guid is not None and guid.lower() != summary.header.guid)
             )
-            if not rewrite:
-                if min_highestmodseq:
-                    self.changes.commit(min_modseq=min_highestmodseq)
-                    dovecot_modseq = self.tell_dovecot(
-                        summary.uidvalidity, summary.effective_next_uid,
-                        at_least=self.changes.meta().highestmodseq, uidlist=summary,
-                    )
-                    self.changes.commit(min_modseq=dovecot_modseq)
-                return self.status()
-            ul, ul_st = self._read_uidlist()
-            assert ul is not None
+            listed: ulmod.Uidlist | ulmod.UidlistSummary = summary
             changed = False
-            reset = False
-            if uidvalidity is not None and uidvalidity != ul.uidvalidity:
-                ul.uidvalidity = uidvalidity
-                changed = reset = True
-            if min_uidnext is not None and min_uidnext > ul.effective_next_uid:
-                ul.next_uid = min_uidnext
-                changed = True
-            old_guid = ul.guid
-            if guid is not None and guid.lower() != ul.guid:
-                ul.guid = guid.lower()
-                changed = True
-            if changed:
-                ul.next_uid = ul.effective_next_uid
-                ulmod.rewrite(self.uidlist_path, ul, ul_st, fsync=st.fsync, chown=st.own)
-                self.header_uidvalidity = ul.uidvalidity
-            if ul.guid != old_guid:
-                st.changelog.forget_mailbox(old_guid)
-                self._set_guid(ul.guid)
-            if reset:
-                self.changes.reset()
-            if changed:
-                self._update_stamp_values(ul.uidvalidity, ul.effective_next_uid)
-                self._rescan()
+            if rewrite:
+                ul, ul_st = self._read_uidlist()
+                assert ul is not None
+                listed = ul
+                reset = False
+                if uidvalidity is not None and uidvalidity != ul.uidvalidity:
+                    ul.uidvalidity = uidvalidity
+                    changed = reset = True
+                if min_uidnext is not None and min_uidnext > ul.effective_next_uid:
+                    ul.next_uid = min_uidnext
+                    changed = True
+                old_guid = ul.guid
+                if guid is not None and guid.lower() != ul.guid:
+                    ul.guid = guid.lower()
+                    changed = True
+                if changed:
+                    ul.next_uid = ul.effective_next_uid
+                    ulmod.rewrite(self.uidlist_path, ul, ul_st, fsync=st.fsync, chown=st.own)
+                    self.header_uidvalidity = ul.uidvalidity
+                if ul.guid != old_guid:
+                    st.changelog.forget_mailbox(old_guid)
+                    self._set_guid(ul.guid)
+                if reset:
+                    self.changes.reset()
+                if changed:
+                    self._update_stamp_values(ul.uidvalidity, ul.effective_next_uid)
+                    self._rescan()
             if min_highestmodseq:
                 self.changes.commit(min_modseq=min_highestmodseq)
             if changed or min_highestmodseq:
                 dovecot_modseq = self.tell_dovecot(
-                    ul.uidvalidity, ul.effective_next_uid, at_least=self.changes.meta().highestmodseq, uidlist=ul,
+                    listed.uidvalidity, listed.effective_next_uid, at_least=self.changes.meta().highestmodseq,
+                    uidlist=listed,
                 )
                 self.changes.commit(min_modseq=dovecot_modseq)
         return self.status()

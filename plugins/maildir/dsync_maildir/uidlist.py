@@ -151,7 +151,7 @@ class UidlistSummary:
             return set()
         if self._hashes is None and len(bases) <= self.SEARCH_LIMIT:
             data = self._read()
-            return {b for b in bases if hash(b) in self._recent or _names(data, b)}
+            return {b for b in bases if hash(b) in self._recent or names(data, b)}
         if self._hashes is None:
             self._build()
         assert self._hashes is not None
@@ -165,13 +165,7 @@ class UidlistSummary:
 
     def uids_newest_first(self) -> Iterable[int]:
         """:meth:`uids_descending`, as something that can be iterated more than once."""
-        summary = self
-
-        class _Again:
-            def __iter__(self) -> Iterator[int]:
-                return summary.uids_descending()
-
-        return _Again()
+        return _NewestFirst(self)
 
     def uids_descending(self) -> Iterator[int]:
         """The records' UIDs, newest first, read from the end of the file in 64 KiB steps as
@@ -220,8 +214,17 @@ class UidlistSummary:
         self.key, self.stat = (st.st_ino, st.st_size, st.st_mtime_ns), st
 
 
-def _names(data: bytes, base: str) -> bool:
-    """Whether a record line in ``data`` names ``base`` (a byte search, no parse)."""
+class _NewestFirst:
+    def __init__(self, summary: UidlistSummary) -> None:
+        self.summary = summary
+
+    def __iter__(self) -> Iterator[int]:
+        return self.summary.uids_descending()
+
+
+def names(data: bytes, base: str) -> bool:
+    """Whether a record line in ``data`` (uidlist bytes) names ``base``: a byte search, so
+    that a few names need not cost a parse of the whole list."""
     needle = b":" + base.encode("utf-8", "surrogateescape")
     at = data.find(needle)
     while at >= 0:
