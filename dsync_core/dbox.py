@@ -18,8 +18,8 @@ from typing import BinaryIO
 import attrs
 
 from .errors import CorruptError, StorageError, UsageError
+from .streams import CHUNK, LineEnds, counted_sizes
 
-CHUNK = 64 * 1024
 MSG_HEADER_SIZE = 30
 MAGIC_PRE = b"\x01\x02"
 MAGIC_POST = b"\n\x01\x03\n"
@@ -105,8 +105,8 @@ def write_message(fd: int, body: BinaryIO, meta: dict[str, str], *, create_time:
     hdr_pos = pos
     _write_all(fd, b"\0" * MSG_HEADER_SIZE)
     size = 0
-    bare_lf = 0
-    prev_cr = False
+    counted = counted_sizes(body) if compute_vsize else None
+    ends = LineEnds() if compute_vsize and counted is None else None
     while True:
         chunk = body.read(CHUNK)
         if not chunk:
@@ -114,13 +114,16 @@ def write_message(fd: int, body: BinaryIO, meta: dict[str, str], *, create_time:
         if isinstance(chunk, str):
             raise UsageError("Message bodies must be binary streams")
         size += len(chunk)
-        if compute_vsize:
-            lf = chunk.count(b"\n")
-            crlf = chunk.count(b"\r\n") + (1 if prev_cr and chunk[:1] == b"\n" else 0)
-            bare_lf += lf - crlf
-            prev_cr = chunk[-1:] == b"\r"
+        if ends is not None:
+            ends.feed(chunk)
         _write_all(fd, chunk)
-    vsize = size + bare_lf
+    if counted is not None and counted[0] != size:
+        # The stream was not read from its start: count what was written.
+        ends = LineEnds()
+        for off in range(0, size, CHUNK):
+            ends.feed(os.pread(fd, min(CHUNK, size - off), hdr_pos + MSG_HEADER_SIZE + off))
+        counted = None
+    vsize = counted[1] if counted is not None else size + (ends.bare_lf if ends is not None else 0)
     meta = dict(meta)
     meta.setdefault(META_VSIZE, f"{vsize:x}")
     _write_all(fd, metadata_block(meta))

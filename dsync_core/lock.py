@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import time
 from types import TracebackType
@@ -17,9 +18,10 @@ from types import TracebackType
 from .errors import LockTimeoutError, StorageError
 
 
-def _hostname() -> str:
+@functools.cache
+def hostname() -> str:
     """This host's name as gethostname() gives it (the kernel's nodename), without
-    loading the socket module for it."""
+    loading the socket module for it; read once per process, as Dovecot does."""
     return os.uname().nodename
 
 _POLL = 0.05
@@ -83,7 +85,7 @@ class DotLock:
         except OSError:
             return False
         pid_s, _, host = content.partition(":")
-        if host.strip() == _hostname() and pid_s.isdigit():
+        if host.strip() == hostname() and pid_s.isdigit():
             if not _pid_alive(int(pid_s)):
                 return True
         age = time.time() - st.st_mtime
@@ -125,7 +127,7 @@ class DotLock:
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.timeout
-        content = f"{os.getpid()}:{_hostname()}".encode()
+        content = f"{os.getpid()}:{hostname()}".encode()
         tmp = f"{self.path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -27,6 +27,7 @@ from .model import (
     SaveRequest,
 )
 from .storage import Mailbox, Storage
+from .streams import counted_sizes
 
 #: How many bodies one ``save()`` batch holds open at most (Dovecot commits every 100). Fewer,
 #: larger batches mean fewer fsync rounds; open files and spooled bodies bound it from above.
@@ -214,6 +215,7 @@ class _ClosingStream:
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
         self.count = 0
+        self.counted = counted_sizes(raw)  # passed on to the writer (streams.CountedBody)
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)

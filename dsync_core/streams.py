@@ -41,21 +41,63 @@ class CrlfToLf(io.RawIOBase):
         return n
 
 
+class LineEnds:
+    """Counts the bare LFs of a body fed in chunks (a CRLF may straddle two).
+
+    A message's virtual size (IMAP's RFC822.SIZE, Maildir's ``W=``, dbox's ``V``) counts
+    each bare LF as CRLF: it is the physical size plus :attr:`bare_lf`."""
+
+    __slots__ = ("bare_lf", "_prev_cr")
+
+    def __init__(self) -> None:
+        self.bare_lf = 0
+        self._prev_cr = False
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        lf = chunk.count(b"\n")
+        if lf:
+            # Most bodies have no CR at all: a one-byte search spares the slower two-byte count.
+            crlf = chunk.count(b"\r\n") if b"\r" in chunk else 0
+            if self._prev_cr and chunk[:1] == b"\n":
+                crlf += 1
+            self.bare_lf += lf - crlf
+        self._prev_cr = chunk[-1:] == b"\r"
+
+
 def virtual_size(stream: BinaryIO) -> tuple[int, int]:
     """(physical, virtual) size of a stream: virtual counts each bare LF as CRLF."""
     size = 0
-    bare_lf = 0
-    prev_cr = False
+    ends = LineEnds()
     while True:
         chunk = stream.read(CHUNK)
         if not chunk:
             break
         size += len(chunk)
-        lf = chunk.count(b"\n")
-        crlf = chunk.count(b"\r\n") + (1 if prev_cr and chunk.startswith(b"\n") else 0)
-        bare_lf += lf - crlf
-        prev_cr = chunk.endswith(b"\r")
-    return size, size + bare_lf
+        ends.feed(chunk)
+    return size, size + ends.bare_lf
 
 
-__all__ = ["CrlfToLf", "virtual_size", "CHUNK"]
+class CountedBody(io.BytesIO):
+    """A body held in memory whose sizes were counted by the thread that received it.
+
+    ``counted`` is (physical, virtual) size of the whole body. A writer that reads the
+    body from its start may take the virtual size from here instead of scanning the bytes
+    again: the count then runs in a fetching thread while the writer waits on the disk."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        ends = LineEnds()
+        ends.feed(data)
+        self.counted = (len(data), len(data) + ends.bare_lf)
+
+
+def counted_sizes(body: object) -> tuple[int, int] | None:
+    """The (physical, virtual) size a body stream carries (see :class:`CountedBody`), or
+    ``None``: then the writer counts. Wrappers pass their stream's ``counted`` on."""
+    counted = getattr(body, "counted", None)
+    return counted if isinstance(counted, tuple) else None
+
+
+__all__ = ["CrlfToLf", "LineEnds", "CountedBody", "counted_sizes", "virtual_size", "CHUNK"]

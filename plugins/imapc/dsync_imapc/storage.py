@@ -40,6 +40,7 @@ from dsync_core.model import (
 )
 from dsync_core.settings import Settings
 from dsync_core.storage import Mailbox, Storage, normalize_mailbox_name
+from dsync_core.streams import CountedBody
 
 from .client import Connection, ConnectionLost
 from .config import ImapcConfig, load_config
@@ -910,7 +911,9 @@ class ImapcMailbox(Mailbox):
                 if fut is not None or kind == "batch":
                     break
 
-        for _ in range(cfg.connections):
+        # Two batches asked per connection: each has its next answer coming while the
+        # writer takes the current one (at most 2 x BATCH_BYTES per connection held).
+        for _ in range(cfg.connections * 2):
             submit()
         try:
             while pending:
@@ -926,21 +929,26 @@ class ImapcMailbox(Mailbox):
                 bodies = fut.result() if fut is not None else self._fetch_batch(group, sizes, self._reading())
                 for u in group:
                     data = bodies.pop(u, None)
-                    if data is not None and len(data) >= cfg.chunk_size:
+                    if isinstance(data, bytes):
                         # Bigger than RFC822.SIZE said (servers' sizes can be wrong): the
                         # rest comes in partial fetches, as for a big message.
                         yield u, io.BufferedReader(_ChunkedBody(self, u, None, data), 64 * 1024)  # type: ignore[misc]
                         continue
-                    yield u, (io.BytesIO(data) if data is not None else None)
+                    yield u, data
         finally:
             for _k, _g, fut in pending:
                 if fut is not None:
                     fut.cancel()
 
-    def _fetch_batch(self, uids: list[int], sizes: dict[int, int], conn: Connection | None = None) -> dict[int, bytes]:
+    def _fetch_batch(self, uids: list[int], sizes: dict[int, int],
+                     conn: Connection | None = None) -> dict[int, CountedBody | bytes]:
         """Small bodies in one UID FETCH. Each is asked as its first ``chunk_size`` bytes
         (``BODY.PEEK[]<0.n>``), so no literal can be longer than that whatever sizes the
-        server claimed, and the whole answer is bounded by twice the planned bytes."""
+        server claimed, and the whole answer is bounded by twice the planned bytes.
+
+        A whole body comes back counted (:class:`CountedBody`): on a worker connection the
+        line ends are counted here, while the writer waits on its disk. A body that filled
+        the chunk may be longer: its first chunk comes back as bytes."""
         chunk = self.storage.cfg.chunk_size
         planned = sum(sizes.get(u, 0) for u in uids)
         args = (uid_set(uids), ["UID", f"BODY.PEEK[]<0.{chunk}>"])
@@ -953,11 +961,11 @@ class ImapcMailbox(Mailbox):
                 if wc.selected != self.folder.raw:
                     wc.select(self.folder.raw, self.name)
                 got = raw_fetch(wc, *args, **bounds)  # type: ignore[arg-type]
-        out = {}
+        out: dict[int, CountedBody | bytes] = {}
         for u, d in got.items():
             data = next((v for k, v in d.items() if k.startswith(b"BODY[")), None)
             if data is not None:
-                out[u] = data
+                out[u] = data if len(data) >= chunk else CountedBody(data)
         return out
 
     # -- writing -------------------------------------------------------------------------

@@ -11,10 +11,11 @@ import functools
 import logging
 import os
 import re
-import socket
 import time
 
 import attrs
+
+from dsync_core.lock import hostname
 
 log = logging.getLogger("dsync.maildir")
 
@@ -114,8 +115,9 @@ def valid_base(base: str) -> bool:
     return bool(base) and not base.startswith(".") and not any(c in base for c in (*_BAD_CHARS, ":"))
 
 
+@functools.cache
 def _hostname() -> str:
-    host = socket.gethostname() or "localhost"
+    host = hostname() or "localhost"
     return host.replace("/", "\\057").replace(":", "\\072")
 
 

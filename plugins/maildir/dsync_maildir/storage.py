@@ -50,6 +50,7 @@ from dsync_core.model import (
 )
 from dsync_core.settings import Settings
 from dsync_core.storage import HIERARCHY_SEP, Mailbox, parent_names
+from dsync_core.streams import CHUNK, LineEnds, counted_sizes, virtual_size
 from dsync_core.uidvalidity import allocate_uidvalidity
 
 from . import filename as fn
@@ -62,7 +63,6 @@ from .watch import Watcher
 
 log = logging.getLogger("dsync.maildir")
 
-CHUNK = 64 * 1024
 LOCK_TIMEOUT = 120.0
 CHANGELOG_NAME = "dsync-changelog.sqlite"
 #: A mailbox this big is watched while we change it (see MaildirMailbox._watching).
@@ -1121,10 +1121,9 @@ class MaildirMailbox(Mailbox):
                 for r, uid in zip(reqs, uids):
                     gen = fn.generate_base()
                     tmp = os.path.join(tmp_dir, gen)
-                    size, vsize = self._write_tmp(tmp, r.body)
-                    plans.append({"tmp": tmp})
                     mtime = r.internaldate if r.internaldate is not None else int(time.time())
-                    os.utime(tmp, (time.time(), mtime))
+                    plans.append({"tmp": tmp})
+                    size, vsize = self._write_tmp(tmp, r.body, mtime)
                     guid_field: str | None = None
                     base = f"{gen},S={size},W={vsize}"
                     if r.guid:
@@ -1145,7 +1144,8 @@ class MaildirMailbox(Mailbox):
                     keywords = frozenset(kw.spelling(k) for k in r.keywords)
                     letters = fn.letters_for(flags, self._keyword_indexes(kw, keywords))
                     plans[-1].update(
-                        uid=uid, base=base, gfield=guid_field, letters=letters, size=size, vsize=vsize,
+                        uid=uid, base=base, generated=f"{gen},S={size},W={vsize}", gfield=guid_field,
+                        letters=letters, size=size, vsize=vsize,
                         mtime=mtime, flags=frozenset(fn.flags_from_letters(letters)), keywords=keywords,
                     )
                 sync_files([str(p["tmp"]) for p in plans], enabled=st.fsync)
@@ -1195,11 +1195,12 @@ class MaildirMailbox(Mailbox):
                                  watch=watch)
             return [attrs_evolve_modseq(e.record(), modseq) for e in entries]
 
-    def _write_tmp(self, path: str, body: BinaryIO) -> tuple[int, int]:
-        """Stream a body into ``tmp/``; return (size, vsize with bare LF counted as CRLF)."""
+    def _write_tmp(self, path: str, body: BinaryIO, mtime: int) -> tuple[int, int]:
+        """Stream a body into ``tmp/`` and give it ``mtime`` (Dovecot's received date);
+        return (size, vsize with bare LF counted as CRLF)."""
         size = 0
-        bare_lf = 0
-        prev = b""
+        counted = counted_sizes(body)
+        ends = None if counted else LineEnds()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
@@ -1213,36 +1214,39 @@ class MaildirMailbox(Mailbox):
                 if isinstance(chunk, str):
                     raise UsageError("Message bodies must be binary streams")
                 size += len(chunk)
-                lf = chunk.count(b"\n")
-                # Most bodies have no CR at all: a one-byte search spares the slower two-byte count.
-                crlf = chunk.count(b"\r\n") if b"\r" in chunk else 0
-                crlf += 1 if prev == b"\r" and chunk[:1] == b"\n" else 0
-                bare_lf += lf - crlf
-                prev = chunk[-1:]
+                if ends is not None:
+                    ends.feed(chunk)
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
+            os.utime(fd, (time.time(), mtime))  # by descriptor: no second path lookup
         except OSError as e:
             raise StorageError(f"Cannot write {path}: {e.strerror}") from None
         finally:
             os.close(fd)
-        return size, size + bare_lf
+        if ends is not None:
+            return size, size + ends.bare_lf
+        if counted is not None and counted[0] == size:
+            return size, counted[1]
+        with open(path, "rb") as f:  # the stream was not read from its start: count the file
+            return virtual_size(f)
 
     def _choose_name(self, p: dict[str, object], batch_bases: set[str]) -> None:
         """Settle the final base name before the uidlist names it.
 
-        Every file on disk is in the uidlist (the refresh under this lock put it there) and
-        the save checked the name against it; this only guards against a name that appeared
-        since. A new name goes into ``batch_bases``."""
-        for _ in range(3):
-            base = str(p["base"])
-            if not any(os.path.lexists(os.path.join(self.dir, d, base)) for d in ("new", "cur")):
-                return
-            if not p["gfield"] and base != os.path.basename(str(p["tmp"])):
+        A name we generated is unique (seconds, microseconds, our PID and the host, never
+        given twice by this process), as Dovecot trusts its own. A name adopted from the
+        other side (its GUID) was checked against the uidlist, which names every file on
+        disk; this guards against the same name appearing since. A replacement goes into
+        ``batch_bases``."""
+        base = str(p["base"])
+        if base == p["generated"]:
+            return
+        if any(os.path.lexists(os.path.join(self.dir, d, base)) for d in ("new", "cur")):
+            if not p["gfield"]:
                 p["gfield"] = base
             p["base"] = f"{fn.generate_base()},S={p['size']},W={p['vsize']}"
             batch_bases.add(str(p["base"]))
-        raise StorageError(f"Cannot find a free file name in {self.dir}")
 
     def _link_into_place(self, p: dict[str, object]) -> None:
         letters = str(p["letters"])

@@ -382,3 +382,41 @@ def test_delivery_by_someone_else_around_our_saves_is_found(open_maildir, tmp_pa
         recs = list(b.records())
         assert len(recs) == 6 and len({r.uid for r in recs}) == 6
         assert sum(1 for r in recs if r.guid == "1700000000.M1P1.elsewhere") == 1
+
+
+def test_a_body_with_counted_sizes_is_not_scanned_again(open_maildir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dsync_core.streams import CountedBody
+
+    class Claimed(io.BytesIO):
+        counted = (len(MSG), 4242)  # scanning the bytes would give len(MSG) + 5
+
+    box = open_maildir().open_mailbox("INBOX")
+    partly = CountedBody(b"x\n" + MSG)
+    partly.read(2)  # read before the save: its counted sizes no longer fit, so it is scanned
+    recs = box.save([SaveRequest(Claimed(MSG)), SaveRequest(partly), SaveRequest(CountedBody(b"a\r\nb\nc"))])
+    assert [(r.size, r.vsize) for r in recs] == [(len(MSG), 4242), (len(MSG), len(MSG) + 5), (6, 7)]
+    assert sorted(os.listdir(tmp_path / "Maildir" / "new")) == sorted(r.guid for r in recs)
+    assert recs[0].guid.endswith(f",S={len(MSG)},W=4242")
+
+
+def test_an_adopted_name_that_appears_meanwhile_is_not_overwritten(open_maildir, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import dsync_maildir.storage as ms
+
+    box = open_maildir().open_mailbox("INBOX")
+    vsize = len(MSG) + MSG.count(b"\n")
+    adopted = f"1700000000.M9P9.h,S={len(MSG)},W={vsize}"
+    real_sync = ms.sync_files
+
+    def deliver_meanwhile(files, **kw):  # type: ignore[no-untyped-def]
+        (tmp_path / "Maildir" / "new" / adopted).write_bytes(b"someone else's message\n")
+        return real_sync(files, **kw)
+
+    monkeypatch.setattr(ms, "sync_files", deliver_meanwhile)
+    rec = box.save([req(guid=adopted)])[0]
+    assert rec.guid == adopted  # the GUID is kept, in a G field of a new name
+    names = os.listdir(tmp_path / "Maildir" / "new")
+    assert len(names) == 2 and adopted in names
+    (ours,) = [n for n in names if n != adopted]
+    assert (tmp_path / "Maildir" / "new" / ours).read_bytes() == MSG
+    assert (tmp_path / "Maildir" / "new" / adopted).read_bytes() == b"someone else's message\n"
+    assert f"G{adopted} :{ours}" in (tmp_path / "Maildir" / "dovecot-uidlist").read_text()

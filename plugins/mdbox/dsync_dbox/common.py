@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
@@ -37,6 +36,7 @@ from dsync_core.errors import (
 )
 from dsync_core.fsstorage import DirectoryStorage
 from dsync_core.location import Location
+from dsync_core.lock import hostname
 from dsync_core.model import (
     ExpungeRecord,
     FlagUpdate,
@@ -76,7 +76,7 @@ def temp_name() -> str:
     global _temp_counter
     _temp_counter += 1
     now = time.time()
-    return f".temp.{int(now)}.P{os.getpid()}Q{_temp_counter}M{int(now % 1 * 1e6)}.{socket.gethostname()}"
+    return f".temp.{int(now)}.P{os.getpid()}Q{_temp_counter}M{int(now % 1 * 1e6)}.{hostname()}"
 
 
 def message_guid(guid: str | None, where: str) -> str:
