@@ -1144,8 +1144,7 @@ class MaildirMailbox(Mailbox):
                     keywords = frozenset(kw.spelling(k) for k in r.keywords)
                     letters = fn.letters_for(flags, self._keyword_indexes(kw, keywords))
                     plans[-1].update(
-                        uid=uid, base=base, generated=f"{gen},S={size},W={vsize}", gfield=guid_field,
-                        letters=letters, size=size, vsize=vsize,
+                        uid=uid, base=base, gfield=guid_field, letters=letters, size=size, vsize=vsize,
                         mtime=mtime, flags=frozenset(fn.flags_from_letters(letters)), keywords=keywords,
                     )
                 sync_files([str(p["tmp"]) for p in plans], enabled=st.fsync)
@@ -1234,19 +1233,18 @@ class MaildirMailbox(Mailbox):
     def _choose_name(self, p: dict[str, object], batch_bases: set[str]) -> None:
         """Settle the final base name before the uidlist names it.
 
-        A name we generated is unique (seconds, microseconds, our PID and the host, never
-        given twice by this process), as Dovecot trusts its own. A name adopted from the
-        other side (its GUID) was checked against the uidlist, which names every file on
-        disk; this guards against the same name appearing since. A replacement goes into
-        ``batch_bases``."""
-        base = str(p["base"])
-        if base == p["generated"]:
-            return
-        if any(os.path.lexists(os.path.join(self.dir, d, base)) for d in ("new", "cur")):
-            if not p["gfield"]:
+        Every file on disk is in the uidlist (the refresh under this lock put it there) and
+        the save checked the name against it; this only guards against a name that appeared
+        since. A new name goes into ``batch_bases``."""
+        for _ in range(3):
+            base = str(p["base"])
+            if not any(os.path.lexists(os.path.join(self.dir, d, base)) for d in ("new", "cur")):
+                return
+            if not p["gfield"] and base != os.path.basename(str(p["tmp"])):
                 p["gfield"] = base
             p["base"] = f"{fn.generate_base()},S={p['size']},W={p['vsize']}"
             batch_bases.add(str(p["base"]))
+        raise StorageError(f"Cannot find a free file name in {self.dir}")
 
     def _link_into_place(self, p: dict[str, object]) -> None:
         letters = str(p["letters"])
