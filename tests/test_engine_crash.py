@@ -306,3 +306,26 @@ def test_rerun_after_kill_while_creating_a_dotlock(template, tmp_path: Path) -> 
     what = "sync after a kill that left an empty Archive/2024/dovecot-uidlist.lock"
     _to_completion(_command(root, "sync"), root, what, timeout=10)
     check(root, "sync", {}, expected, what)
+
+
+@pytest.mark.parametrize("case", ["backup", "sync"])
+def test_mailbox_directory_gone_but_its_change_log_kept(case: str, template, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
+    # A kill between removing a mailbox's directory and dropping its change log (or a
+    # mailbox deleted by Dovecot behind our back) leaves a log for a GUID that has no
+    # mailbox. When the mailbox comes back with that GUID (backup re-creates it from the
+    # source), the stale log must not describe the new one: Dovecot's index built from it
+    # would list messages that aren't there and call the ones that are "expunged, reappeared".
+    troot, expected, expunged_on_b = template
+    root = tmp_path / "root"
+    shutil.copytree(troot, root, symlinks=True)
+    before = {"a": snapshot(loc(root, "a")), "expunged_on_b": expunged_on_b}
+    shutil.rmtree(root / "b" / "Archive" / "2024")
+    what = f"{case} after B's Archive/2024 directory went without its change log"
+    _to_completion(_command(root, case), root, what)
+    if case == "sync":
+        # B's deletion wasn't logged (its new mail went with the directory): two-way sync
+        # brings A's mailbox back to B as it is on A.
+        expected = {**expected, "Archive/2024": {m[1] for m in before["a"]["Archive/2024"][1]}}
+    check(root, case, before, expected, what)
+    _dovecot_reads(request, root, "ab", what)

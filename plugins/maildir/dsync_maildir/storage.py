@@ -217,6 +217,11 @@ class MaildirStorage(DirectoryStorage):
             raise UsageError(f"Invalid UIDVALIDITY {uidvalidity}: must be 1..4294967295")
         if self._exists(name):  # INBOX always exists (use update_status to change it)
             raise ExistsError(f"Mailbox already exists: {name}")
+        if guid is not None:
+            # A change log kept for this GUID belongs to a mailbox that is gone (a run killed
+            # between removing its directory and dropping its log, or a delete by Dovecot):
+            # the new mailbox has no history, and Dovecot's index must not be built from it.
+            self._forget_mailbox(guid)
         d = self.layout.mail_dir(name)
         try:
             self.makedirs(d)
