@@ -175,6 +175,10 @@ class Replica(abc.ABC):
     def records(self, guid: str, uids: Iterable[int]) -> list[MessageRecord]:
         """The records of these UIDs that exist."""
 
+    def prefetch(self, guid: str) -> None:
+        """A hint: :meth:`changes` of this mailbox (a full listing) comes next, after the
+        mailbox being synced now (``Storage.prefetch_listing``). Does nothing by default."""
+
     @abc.abstractmethod
     def locate(self, guids: Iterable[str]) -> dict[str, tuple[str, int]]:
         """Where messages with these GUIDs are on this side: GUID -> (mailbox GUID, UID)."""
@@ -310,6 +314,11 @@ class LocalReplica(Replica):
             complete = since_modseq == 0 or mb.expunges_complete_since() <= since_modseq
         return ChangeSet(status, tuple(recs[u] for u in sorted(recs)), tuple(exp), complete)
 
+    def prefetch(self, guid: str) -> None:
+        name = self._names.get(guid)
+        if name is not None:
+            self.storage.prefetch_listing(name)
+
     def records(self, guid: str, uids: Iterable[int]) -> list[MessageRecord]:
         uids = list(uids)
         if not uids:
@@ -385,7 +394,7 @@ class LocalReplica(Replica):
     ) -> ImportResult:
         errors: list[str] = []
         saved = copied = nbytes = flags = expunged = 0
-        with self._open(guid) as mb:
+        with self._open(guid) as mb, mb.writing():
             saves = sorted(batch.saves, key=lambda s: s.uid)
             # The peer's bodies arrive in the order of the engine's list, which is by UID too.
             for i in range(0, len(saves), SAVE_BATCH):

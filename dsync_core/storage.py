@@ -17,6 +17,7 @@ contract; run it on yours.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -193,6 +194,13 @@ class Mailbox(abc.ABC):
         """
         return []
 
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """``with mb.writing(): ...`` around a run of writes (the engine's import of one
+        mailbox): a storage may keep its write lock from one write to the next instead of
+        taking it anew each time, for a moment at most so that other writers (Dovecot's
+        deliveries) still get their turn. The default does nothing."""
+        return contextlib.nullcontext()
+
     def close(self) -> None:
         """Release what the mailbox holds. The default does nothing."""
 
@@ -265,6 +273,12 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def open_mailbox(self, name: str) -> Mailbox:
         """Open a selectable mailbox; :class:`NotFoundError` if there is none by that name."""
+
+    def prefetch_listing(self, name: str) -> None:
+        """A hint: the engine will soon read the whole listing (``records()``) of mailbox
+        ``name``, after the one it works on now. A storage whose listing costs round trips
+        (IMAP) may start reading it on another connection; ``records()`` must still return
+        what is current when it is called. Never raises; the default does nothing."""
 
     def find_mailbox(self, name: str) -> MailboxInfo:
         name = normalize_mailbox_name(name)

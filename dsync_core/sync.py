@@ -202,6 +202,10 @@ class _Run:
         for i, g in enumerate(pairs):
             name = bx[g].name
             self._looked_at.add(g)
+            if i + 1 < len(pairs) and self._first_copy(bx[pairs[i + 1]], by[pairs[i + 1]]):
+                # The next mailbox will be listed whole: the source may start on it while
+                # this one is copied (an IMAP source lists it on another connection).
+                self.x.prefetch(pairs[i + 1])
             self.progress(ProgressEvent("mailbox_start", mailbox=name, mailboxes_done=i, mailboxes_total=len(pairs)))
             try:
                 self._sync_mailbox(g, bx[g], by[g])
@@ -328,6 +332,13 @@ class _Run:
         assert isinstance(fx, MailboxStatus) and isinstance(fy, MailboxStatus)
         common = min(plan.next_uid, fx.uidnext, fy.uidnext) - 1
         self._keep(StateEntry(g, fx.uidvalidity, common, fx.highestmodseq, fy.highestmodseq, fx.messages))
+
+    def _first_copy(self, nx: MailboxNode, ny: MailboxNode) -> bool:
+        """Will this mailbox be listed whole on the source (``changes()`` with no state)?
+        True for a first copy into an empty mailbox that is not copied in windows."""
+        sx, sy = nx.status, ny.status
+        return (sx is not None and sy is not None and not self.req.dry_run and 0 < sx.messages <= COPY_WINDOW
+                and sy.messages == 0 and sy.uidnext == 1)
 
     def _into_empty(self, sx: MailboxStatus, sy: MailboxStatus) -> bool:
         """A big mailbox going into one that never held a message (a first copy)."""

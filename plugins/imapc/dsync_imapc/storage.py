@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import re
 import sqlite3
@@ -50,6 +51,10 @@ from .names import ServerFolder, to_name, to_raw
 #: Bodies fetched together in one UID FETCH stay below this many bytes (memory bound per
 #: connection); a message above ``chunk_size`` is streamed in partial fetches instead.
 BATCH_BYTES = 2 * 1024 * 1024
+log = logging.getLogger("dsync.imapc")
+#: After a full listing, expunged messages are asked for by the gaps in its UIDs, up to
+#: this many gaps (the command line stays below 16 KiB); beyond, for all UIDs (``1:*``).
+MAX_GAPS = 1000
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]", re.I)
 
 
@@ -237,6 +242,8 @@ class ImapcStorage(Storage):
         self._folders: dict[str, ServerFolder] | None = None
         self._sizes: dict[tuple[str, int], dict[int, int]] = {}  # (folder, UIDVALIDITY) -> UID -> RFC822.SIZE
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Listings read ahead on a worker connection (prefetch_listing), by raw folder name.
+        self._ahead: dict[str, concurrent.futures.Future[_Listing]] = {}
 
     # -- connections -------------------------------------------------------------------
     def _connect(self) -> Connection:
@@ -423,6 +430,50 @@ class ImapcStorage(Storage):
             raise NotFoundError(f"Mailbox doesn't exist: {f.name} (a directory only)")
         return ImapcMailbox(self, f)
 
+    def prefetch_listing(self, name: str) -> None:
+        # Only where the answer can be checked: with CONDSTORE a SELECT's HIGHESTMODSEQ
+        # says whether anything changed between the read-ahead and its use.
+        if not self.conn.condstore or self.cfg.connections < 2 or self.conn.dead:
+            return
+        try:
+            folder = self.folder(name)
+        except StorageError:
+            return
+        if not folder.selectable or (self.conn.gmail and folder.special_use.lower() == "\\all"):
+            return
+        # The engine asks for the next mailbox before it lists the current one: two are
+        # kept; an older one was not used and is dropped.
+        while len(self._ahead) >= 2:
+            self._ahead.pop(next(iter(self._ahead))).cancel()
+        self._ahead[folder.raw] = self.executor().submit(self._list_ahead, folder)
+
+    def _list_ahead(self, folder: ServerFolder) -> _Listing:
+        """A worker's full listing of ``folder`` (flags, dates, sizes, modseqs and the
+        hashed header fields, their hashes computed here) with the SELECT it was read under."""
+        with self._worker_conn() as wc:
+            resp = wc.select(folder.raw, folder.name)
+            exists = int(resp.get(b"EXISTS", 0))
+            if exists == 0:
+                return _Listing(_select_key(resp), {}, {})
+            items = [*_META_ITEMS, "MODSEQ", _header_fields(self.cfg.hashed_headers)]
+            got = raw_fetch(wc, "1:*", items, what="FLAGS", response=max(self.cfg.max_response, exists * 16384),
+                            why="imapc_max_response_size")
+        return _Listing(_select_key(resp), got, _hashes(got)[0])
+
+    def _take_ahead(self, raw: str) -> _Listing | None:
+        """The read-ahead listing of ``raw``, waiting for it if it is still on its way;
+        None if there is none or it failed (the caller lists as usual)."""
+        fut = self._ahead.pop(raw, None)
+        if fut is None:
+            return None
+        try:
+            return fut.result()
+        except ConnectionLost:
+            raise
+        except (StorageError, concurrent.futures.CancelledError) as e:
+            log.debug("%s: the listing read ahead is not used: %s", raw, getattr(e, "message", e))
+            return None
+
     def conn_status(self, raw: str, name: str) -> dict[bytes, int]:
         what = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"]
         if self.conn.condstore:
@@ -574,6 +625,44 @@ def _fields(text: bytes) -> dict[bytes, Any] | None:
 _MAP_CRLF = re.compile(rb"\r\n|\r(?!\n)|\n")
 
 
+_META_ITEMS = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+
+
+def _header_fields(names: Iterable[str]) -> str:
+    return f"BODY.PEEK[HEADER.FIELDS ({' '.join(names)})]"
+
+
+def _select_key(resp: dict[bytes, Any]) -> tuple[int, int, int, int] | None:
+    """(UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, EXISTS) of a SELECT answer; None without all four."""
+    try:
+        return (int(resp[b"UIDVALIDITY"]), int(resp[b"UIDNEXT"]), int(resp[b"HIGHESTMODSEQ"]), int(resp[b"EXISTS"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _hashes(got: dict[int, dict[bytes, Any]]) -> tuple[dict[int, str], list[int]]:
+    """Header hashes of fetched ``HEADER.FIELDS`` blocks, and the UIDs whose block was empty
+    (none of the fields: their whole header is hashed instead)."""
+    new: dict[int, str] = {}
+    bare: list[int] = []
+    for u, d in got.items():
+        block = next((v for k, v in d.items() if k.startswith(b"BODY[")), b"") or b""
+        if block.strip():
+            new[u] = header_hash(block, d.get(b"RFC822.SIZE"))
+        else:
+            bare.append(u)
+    return new, bare
+
+
+@attrs.frozen
+class _Listing:
+    """A full listing read ahead: the SELECT it was read under, the FETCH answers, hashes."""
+
+    select: tuple[int, int, int, int] | None
+    got: dict[int, dict[bytes, Any]]
+    hashes: dict[int, str]
+
+
 def spool_crlf(body: BinaryIO, max_head: int) -> tuple[BinaryIO, bytes, int]:
     """``body`` copied with every line end made CRLF (as IMAP wants a message, and as
     imaplib's own APPEND did) into a temporary file that keeps 1 MiB in memory: the file at
@@ -658,6 +747,7 @@ class ImapcMailbox(Mailbox):
         self._uidvalidity = 0
         self._exists = 0
         self._listed: list[int] | None = None  # all UIDs, from the last full listing
+        self._listed_next = 0  # the UIDNEXT of the SELECT that listing was read under
 
     @property
     def guid(self) -> str:
@@ -696,7 +786,7 @@ class ImapcMailbox(Mailbox):
 
     # -- records -------------------------------------------------------------------------
     def _meta_items(self) -> list[str]:
-        items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+        items = list(_META_ITEMS)
         if self.storage.conn.condstore:
             items.append("MODSEQ")
         if self.storage.conn.gmail and self.folder.special_use.lower() == "\\all":
@@ -706,6 +796,7 @@ class ImapcMailbox(Mailbox):
     def _fetch_meta(self, uids: str, since_modseq: int = 0) -> dict[int, dict[bytes, Any]]:
         c = self._reselect()
         self._listed = None
+        ahead = self.storage._take_ahead(self.folder.raw) if uids == "1:*" and since_modseq <= 0 else None
         if self._exists == 0:
             return {}
         mods = [f"CHANGEDSINCE {since_modseq}"] if since_modseq > 0 and c.condstore else None
@@ -715,15 +806,25 @@ class ImapcMailbox(Mailbox):
         # brings the hashed header fields along: one command and one pass instead of three
         # (the listing, UID SEARCH ALL for the duplicate numbering, the header fetch).
         full = uids == "1:*" and mods is None and not gmail_all and not self.storage.cache.bases_of(key)
+        if ahead is not None and not (full and ahead.select is not None and ahead.select == _select_key(c.select_resp)):
+            log.debug("%s: the listing read ahead is out of date: listing again", self.name)
+        if full and ahead is not None and ahead.select is not None and ahead.select == _select_key(c.select_resp):
+            # Read ahead under a SELECT that equals ours (HIGHESTMODSEQ included): nothing
+            # changed in between, so it is the listing this FETCH would return.
+            log.debug("%s: using the listing read ahead (%d messages)", self.name, len(ahead.got))
+            self._hash_blocks(ahead.got, key, ahead.hashes)
+            self._listed, self._listed_next = sorted(ahead.got), ahead.select[1]
+            return ahead.got
         items = self._meta_items()
         if full:
-            items.append(f"BODY.PEEK[HEADER.FIELDS ({' '.join(self.storage.cfg.hashed_headers)})]")
+            items.append(_header_fields(self.storage.cfg.hashed_headers))
         # One line per message: the answer may exceed the default bound in a big mailbox.
         big = max(self.storage.cfg.max_response, self._exists * (16384 if full else 1024))
         got = raw_fetch(c, uids, items, mods, what="FLAGS", response=big, why="imapc_max_response_size")
         if full:
             self._hash_blocks(got, key)
             self._listed = sorted(got)  # every UID of the mailbox, as of this SELECT
+            self._listed_next = int(c.select_resp.get(b"UIDNEXT", 0) or 0)
         if gmail_all:
             got = {u: d for u, d in got.items() if not _gmail_labelled(d)}
         return got
@@ -761,16 +862,14 @@ class ImapcMailbox(Mailbox):
                             what="headers")
             self._hash_blocks(got, key)
 
-    def _hash_blocks(self, got: dict[int, dict[bytes, Any]], key: tuple[str, int]) -> None:
-        """Header hashes from fetched ``HEADER.FIELDS`` blocks (and RFC822.SIZE), into the cache."""
-        new: dict[int, str] = {}
-        bare: list[int] = []
-        for u, d in got.items():
-            block = next((v for k, v in d.items() if k.startswith(b"BODY[")), b"") or b""
-            if not block.strip():
-                bare.append(u)  # none of the fields: hash the whole header block
-                continue
-            new[u] = header_hash(block, d.get(b"RFC822.SIZE"))
+    def _hash_blocks(self, got: dict[int, dict[bytes, Any]], key: tuple[str, int],
+                     hashed: dict[int, str] | None = None) -> None:
+        """Header hashes from fetched ``HEADER.FIELDS`` blocks (and RFC822.SIZE), into the
+        cache; ``hashed``: those already computed (by the thread that read ahead)."""
+        if hashed is None:
+            new, bare = _hashes(got)
+        else:
+            new, bare = dict(hashed), [u for u in got if u not in hashed]
         c = self._reading()
         for i in range(0, len(bare), self.storage.cfg.fetch_batch):
             whole = raw_fetch(c, uid_set(bare[i : i + self.storage.cfg.fetch_batch]),
@@ -833,12 +932,26 @@ class ImapcMailbox(Mailbox):
             # Only QRESYNC tells what was expunged; expunges_complete_since() says so, and
             # the engine compares UID lists instead.
             return []
+        uids = "1:*"
+        if since_modseq <= 0 and self._listed is not None and self._listed_next > 0:
+            # Just after a full listing, only UIDs it lacks can have been expunged (as of its
+            # SELECT): none in a mailbox without holes, and no command needed then.
+            gaps: list[str] = []
+            prev = 0
+            for u in [*self._listed, self._listed_next]:  # sorted, UIDNEXT last
+                if u > prev + 1:
+                    gaps.append(f"{prev + 1}:{u - 1}" if u > prev + 2 else str(prev + 1))
+                prev = u
+            if not gaps:
+                return []
+            if len(gaps) <= MAX_GAPS:
+                uids = ",".join(gaps)
         self._reselect()
         c.take_untagged("VANISHED")
         # VANISHED (EARLIER): the UIDs expunged since the modseq (since 1: all the server
         # remembers). Their GUIDs come from the cache when it knew them, else "" (unknown).
         try:
-            raw_fetch(c, "1:*", ["UID"], [f"CHANGEDSINCE {max(since_modseq, 1)}", "VANISHED"], what="VANISHED")
+            raw_fetch(c, uids, ["UID"], [f"CHANGEDSINCE {max(since_modseq, 1)}", "VANISHED"], what="VANISHED")
         except ConnectionLost:
             raise
         except StorageError:
