@@ -64,6 +64,9 @@ from .watch import Watcher
 log = logging.getLogger("dsync.maildir")
 
 LOCK_TIMEOUT = 120.0
+#: Inside ``writing()``, the uidlist lock is kept from one write to the next while it has
+#: been held for less than this (seconds); Dovecot's own writers wait for it meanwhile.
+LINGER_SECONDS = 1.0
 CHANGELOG_NAME = "dsync-changelog.sqlite"
 #: A mailbox this big is watched while we change it (see MaildirMailbox._watching).
 WATCH_MIN_MESSAGES = 10000
@@ -423,6 +426,9 @@ class MaildirMailbox(Mailbox):
         self.keywords_path = os.path.join(self.control, kwmod.FILENAME)
         self._lock = DotLock(self.uidlist_path, timeout=LOCK_TIMEOUT, stale_after=120)
         self._lock_depth = 0
+        self._lingering = False  # inside writing(): the lock may outlive a write
+        self._kept = False  # held between two writes (no locked() block open)
+        self._held_since = 0.0
         self._guid = ""
         self.header_uidvalidity = 0
         self.changes: MailboxChanges | None = None
@@ -458,15 +464,34 @@ class MaildirMailbox(Mailbox):
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold ``dovecot-uidlist.lock`` (reentrant within this object)."""
-        if self._lock_depth == 0:
+        if self._lock_depth == 0 and not self._kept:
             self._lock.acquire()
             self.storage.own(self._lock.path)
+            self._held_since = time.monotonic()
+        self._kept = False
         self._lock_depth += 1
         try:
             yield
         finally:
             self._lock_depth -= 1
             if self._lock_depth == 0:
+                if self._lingering and time.monotonic() - self._held_since < LINGER_SECONDS:
+                    self._kept = True  # the next write of this run takes it as it is
+                else:
+                    self._lock.release()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        # Each lock is a file created and removed: on ext4 without a journal the inode
+        # allocator then steps over every inode freed in the last minute, for every file
+        # created near it. One lock per second of writes instead of one per batch.
+        self._lingering = True
+        try:
+            yield
+        finally:
+            self._lingering = False
+            if self._kept and self._lock_depth == 0:
+                self._kept = False
                 self._lock.release()
 
     def init_header(self, *, guid: str | None = None, uidvalidity: int | None = None) -> None:
@@ -1149,7 +1174,8 @@ class MaildirMailbox(Mailbox):
                     keywords = frozenset(kw.spelling(k) for k in r.keywords)
                     letters = fn.letters_for(flags, self._keyword_indexes(kw, keywords))
                     plans[-1].update(
-                        uid=uid, base=base, gfield=guid_field, letters=letters, size=size, vsize=vsize,
+                        uid=uid, base=base, generated=f"{gen},S={size},W={vsize}", gfield=guid_field,
+                        letters=letters, size=size, vsize=vsize,
                         mtime=mtime, flags=frozenset(fn.flags_from_letters(letters)), keywords=keywords,
                     )
                 sync_files([str(p["tmp"]) for p in plans], enabled=st.fsync)
@@ -1238,18 +1264,19 @@ class MaildirMailbox(Mailbox):
     def _choose_name(self, p: dict[str, object], batch_bases: set[str]) -> None:
         """Settle the final base name before the uidlist names it.
 
-        Every file on disk is in the uidlist (the refresh under this lock put it there) and
-        the save checked the name against it; this only guards against a name that appeared
-        since. A new name goes into ``batch_bases``."""
-        for _ in range(3):
-            base = str(p["base"])
-            if not any(os.path.lexists(os.path.join(self.dir, d, base)) for d in ("new", "cur")):
-                return
-            if not p["gfield"] and base != os.path.basename(str(p["tmp"])):
+        A name we generated is unique (seconds, microseconds, our PID and the host, never
+        given twice by this process), as Dovecot trusts its own. A name adopted from the
+        other side (its GUID) was checked against the uidlist, which names every file on
+        disk; this guards against the same name appearing since. A replacement goes into
+        ``batch_bases``."""
+        base = str(p["base"])
+        if base == p["generated"]:
+            return
+        if any(os.path.lexists(os.path.join(self.dir, d, base)) for d in ("new", "cur")):
+            if not p["gfield"]:
                 p["gfield"] = base
             p["base"] = f"{fn.generate_base()},S={p['size']},W={p['vsize']}"
             batch_bases.add(str(p["base"]))
-        raise StorageError(f"Cannot find a free file name in {self.dir}")
 
     def _link_into_place(self, p: dict[str, object]) -> None:
         letters = str(p["letters"])
@@ -1257,13 +1284,19 @@ class MaildirMailbox(Mailbox):
         base = str(p["base"])
         name = f"{base}:2,{letters}" if letters else base
         dest = os.path.join(self.dir, sub, name)
+        tmp = str(p["tmp"])
         try:
-            os.link(str(p["tmp"]), dest)
+            if base == p["generated"]:
+                # Our own unique name: one rename, as Dovecot saves (a link and an unlink
+                # are two directory updates and add no safety for a name nobody else has).
+                os.rename(tmp, dest)
+            else:
+                os.link(tmp, dest)  # an adopted name: never replace a file that has it
+                os.unlink(tmp)
         except FileExistsError:
             raise StorageError(f"Cannot save {dest}: a file of that name appeared meanwhile; run again") from None
         except OSError as e:
             raise StorageError(f"Cannot save {dest}: {e.strerror}") from None
-        os.unlink(str(p["tmp"]))
         p["extra"] = f"{sub}/{name}"
 
     def update_flags(self, updates: Iterable[FlagUpdate]) -> list[MessageRecord]:
@@ -1503,8 +1536,9 @@ class MaildirMailbox(Mailbox):
                                         chown=self.storage.own)
 
     def close(self) -> None:
-        if self._lock_depth:
+        if self._lock_depth or self._kept:
             self._lock_depth = 0
+            self._kept = False
             self._lock.release()
 
 

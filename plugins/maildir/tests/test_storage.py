@@ -309,22 +309,25 @@ def test_interrupted_save_never_forgets_a_kept_guid(open_maildir, tmp_path, monk
     lost (which a re-sync would copy a second time)."""
     st = open_maildir()
     box = st.open_mailbox("INBOX")
-    real_link = os.link
     calls = {"n": 0}
 
-    def flaky_link(src, dst, *a, **kw):  # type: ignore[no-untyped-def]
-        # Only the links that put message files in place count (locks link too).
-        if os.path.basename(os.path.dirname(str(dst))) in ("new", "cur"):
-            calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # as abrupt as a kill, from Python's point of view
-        return real_link(src, dst, *a, **kw)
+    def flaky(real):  # type: ignore[no-untyped-def]
+        def move(src, dst, *a, **kw):  # type: ignore[no-untyped-def]
+            # Only the moves that put message files in place count (locks link too).
+            if os.path.basename(os.path.dirname(str(dst))) in ("new", "cur"):
+                calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt  # as abrupt as a kill, from Python's point of view
+            return real(src, dst, *a, **kw)
+        return move
 
-    monkeypatch.setattr(os, "link", flaky_link)
+    # Generated names are renamed into place, adopted ones linked: stop whichever comes.
+    monkeypatch.setattr(os, "link", flaky(os.link))
+    monkeypatch.setattr(os, "rename", flaky(os.rename))
     guids = ["0123456789abcdef0123456789abcde" + c for c in "012"]
     with pytest.raises(KeyboardInterrupt):
         box.save([req(guid=g) for g in guids])
-    monkeypatch.setattr(os, "link", real_link)
+    monkeypatch.undo()
     assert os.listdir(os.path.join(box.dir, "tmp")) == []
     recs = list(st.open_mailbox("INBOX").records())
     assert [(r.uid, r.guid) for r in recs] == [(1, guids[0])]
@@ -420,3 +423,50 @@ def test_an_adopted_name_that_appears_meanwhile_is_not_overwritten(open_maildir,
     assert (tmp_path / "Maildir" / "new" / ours).read_bytes() == MSG
     assert (tmp_path / "Maildir" / "new" / adopted).read_bytes() == b"someone else's message\n"
     assert f"G{adopted} :{ours}" in (tmp_path / "Maildir" / "dovecot-uidlist").read_text()
+
+
+def test_writing_keeps_the_uidlist_lock_between_writes(open_maildir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Inside ``writing()`` the lock file is made once for a run of saves (each lock is a
+    file created and removed), taken anew after LINGER_SECONDS, and gone at the end."""
+    import dsync_maildir.storage as mod
+
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    lock = box.uidlist_path + ".lock"
+    takes = {"n": 0}
+    real = box._lock.acquire
+
+    def counting(*a, **kw):  # type: ignore[no-untyped-def]
+        takes["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(box._lock, "acquire", counting)
+    with box.writing():
+        for i in range(3):
+            box.save([req(body=f"Subject: {i}\n\nbody {i}\n".encode())])
+            assert os.path.exists(lock), "released between two writes"
+        box.update_flags([FlagUpdate(1, add_flags=frozenset({"\\Seen"}))])
+    assert not os.path.exists(lock)
+    assert takes["n"] == 1
+    monkeypatch.setattr(mod, "LINGER_SECONDS", 0.0)
+    with box.writing():
+        box.save([req(body=b"Subject: late\n\nlate\n")])
+        assert not os.path.exists(lock), "kept longer than LINGER_SECONDS"
+        box.save([req(body=b"Subject: later\n\nlater\n")])
+    assert takes["n"] == 3
+    # Without writing() every write takes and drops the lock, as before.
+    box.save([req(body=b"Subject: alone\n\nalone\n")])
+    assert not os.path.exists(lock) and takes["n"] == 4
+    assert [r.uid for r in st.open_mailbox("INBOX").records()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_failed_write_inside_writing_releases_the_lock(open_maildir) -> None:  # type: ignore[no-untyped-def]
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    with pytest.raises(StorageError), box.writing():
+        box.save([req(body=b"Subject: a\n\na\n")])
+        raise StorageError("stop")
+    assert not os.path.exists(box.uidlist_path + ".lock")
+    other = st.open_mailbox("INBOX")  # another object takes the lock at once
+    other.save([req(body=b"Subject: b\n\nb\n")])
+    assert [r.uid for r in other.records()] == [1, 2]
