@@ -632,6 +632,11 @@ def _header_fields(names: Iterable[str]) -> str:
     return f"BODY.PEEK[HEADER.FIELDS ({' '.join(names)})]"
 
 
+def _body_item(d: dict[bytes, Any]) -> Any:
+    """The ``BODY[...]`` value of one message's FETCH answer (None without one)."""
+    return next((v for k, v in d.items() if k.startswith(b"BODY[")), None)
+
+
 def _select_key(resp: dict[bytes, Any]) -> tuple[int, int, int, int] | None:
     """(UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, EXISTS) of a SELECT answer; None without all four."""
     try:
@@ -646,7 +651,7 @@ def _hashes(got: dict[int, dict[bytes, Any]]) -> tuple[dict[int, str], list[int]
     new: dict[int, str] = {}
     bare: list[int] = []
     for u, d in got.items():
-        block = next((v for k, v in d.items() if k.startswith(b"BODY[")), b"") or b""
+        block = _body_item(d) or b""
         if block.strip():
             new[u] = header_hash(block, d.get(b"RFC822.SIZE"))
         else:
@@ -722,7 +727,7 @@ class _ChunkedBody(io.RawIOBase):
                 raise NotFoundError(f"{self.mb.name}: message UID {self.uid} was expunged on the server")
             self.eof = True
             return
-        data = next((v for k, v in item.items() if k.startswith(b"BODY[")), None) or b""
+        data = _body_item(item) or b""
         self.off += len(data)
         self.buf = data
         self.pos = 0
@@ -854,11 +859,10 @@ class ImapcMailbox(Mailbox):
 
     def _hash(self, uids: list[int], key: tuple[str, int]) -> None:
         cfg = self.storage.cfg
-        fields = " ".join(cfg.hashed_headers)
         c = self._reading()
         for i in range(0, len(uids), cfg.fetch_batch):
             chunk = uids[i : i + cfg.fetch_batch]
-            got = raw_fetch(c, uid_set(chunk), ["UID", "RFC822.SIZE", f"BODY.PEEK[HEADER.FIELDS ({fields})]"],
+            got = raw_fetch(c, uid_set(chunk), ["UID", "RFC822.SIZE", _header_fields(cfg.hashed_headers)],
                             what="headers")
             self._hash_blocks(got, key)
 
@@ -875,7 +879,7 @@ class ImapcMailbox(Mailbox):
             whole = raw_fetch(c, uid_set(bare[i : i + self.storage.cfg.fetch_batch]),
                               ["UID", "RFC822.SIZE", "BODY.PEEK[HEADER]"], what="headers")
             for u, d in whole.items():
-                block = next((v for k, v in d.items() if k.startswith(b"BODY[")), b"") or b""
+                block = _body_item(d) or b""
                 new[u] = header_hash(block, d.get(b"RFC822.SIZE"))
         self.storage.cache.add("hash", key, new)
 
@@ -1076,7 +1080,7 @@ class ImapcMailbox(Mailbox):
                 got = raw_fetch(wc, *args, **bounds)  # type: ignore[arg-type]
         out: dict[int, CountedBody | bytes] = {}
         for u, d in got.items():
-            data = next((v for k, v in d.items() if k.startswith(b"BODY[")), None)
+            data = _body_item(d)
             if data is not None:
                 out[u] = data if len(data) >= chunk else CountedBody(data)
         return out
