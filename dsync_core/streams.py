@@ -84,7 +84,12 @@ class CountedBody(io.BytesIO):
 
     ``counted`` is (physical, virtual) size of the whole body. A writer that reads the
     body from its start may take the virtual size from here instead of scanning the bytes
-    again: the count then runs in a fetching thread while the writer waits on the disk."""
+    again: the count then runs in a fetching thread while the writer waits on the disk.
+
+    Such a body is whole in memory and tied to no connection, so a writer may read it on
+    another thread, in any order relative to the other bodies of a save (the Maildir
+    storage writes their tmp files on helper threads). Streamed bodies must be read in the
+    order they were given, on the calling thread."""
 
     def __init__(self, data: bytes) -> None:
         super().__init__(data)

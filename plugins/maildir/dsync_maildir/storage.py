@@ -9,6 +9,7 @@ log; otherwise every answer comes from the change log without listing a director
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -68,6 +69,10 @@ LOCK_TIMEOUT = 120.0
 #: been held for less than this (seconds); Dovecot's own writers wait for it meanwhile.
 LINGER_SECONDS = 1.0
 CHANGELOG_NAME = "dsync-changelog.sqlite"
+#: Threads that write the tmp files of bodies held in memory (streams.CountedBody) while
+#: save() writes the streamed ones itself; 0: save() writes every one. Creating and filling
+#: a file is kernel work done without the GIL: it overlaps the fetching threads' Python work.
+TMP_WRITERS = 2
 #: A mailbox this big is watched while we change it (see MaildirMailbox._watching).
 WATCH_MIN_MESSAGES = 10000
 _INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
@@ -161,6 +166,7 @@ class MaildirStorage(DirectoryStorage):
         self._watcher: Watcher | None = None
         self._watcher_tried = False
         self._memory: dict[str, _MailboxMemory] = {}
+        self._tmp_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._create_root()
         self.clear_trash()
         if changelog is None:
@@ -248,6 +254,12 @@ class MaildirStorage(DirectoryStorage):
             return MailboxInfo(name=name, guid=box.guid, uidvalidity=box.header_uidvalidity)
         finally:
             box.close()
+
+    def tmp_writers(self) -> concurrent.futures.ThreadPoolExecutor | None:
+        """The threads that write tmp files of in-memory bodies (None: no such threads)."""
+        if self._tmp_pool is None and TMP_WRITERS > 0:
+            self._tmp_pool = concurrent.futures.ThreadPoolExecutor(TMP_WRITERS, thread_name_prefix="maildir-tmp")
+        return self._tmp_pool
 
     def _mailbox_write_lock(self, box: MaildirMailbox) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
         return box.locked()
@@ -399,6 +411,9 @@ class MaildirStorage(DirectoryStorage):
                 MaildirMailbox(self, m.name)._persist_pending()
 
     def close(self) -> None:
+        if self._tmp_pool is not None:
+            self._tmp_pool.shutdown()
+            self._tmp_pool = None
         try:
             self._persist_own_stamps()
         finally:
@@ -1147,13 +1162,23 @@ class MaildirMailbox(Mailbox):
             taken = ul.taken([r.guid for r in reqs if r.guid and fn.valid_base(r.guid)])
             tmp_dir = os.path.join(self.dir, "tmp")
             plans: list[dict[str, object]] = []
+            pending: list[concurrent.futures.Future[tuple[int, int]] | tuple[int, int]] = []
             try:
-                for r, uid in zip(reqs, uids):
+                pool = st.tmp_writers()
+                for r in reqs:
                     gen = fn.generate_base()
                     tmp = os.path.join(tmp_dir, gen)
                     mtime = r.internaldate if r.internaldate is not None else int(time.time())
-                    plans.append({"tmp": tmp})
-                    size, vsize = self._write_tmp(tmp, r.body, mtime)
+                    plans.append({"tmp": tmp, "gen": gen, "mtime": mtime})
+                    # A counted body is whole in memory and tied to no connection: any thread
+                    # may read it. Streamed ones are read here, in the order they were given.
+                    if pool is not None and counted_sizes(r.body) is not None:
+                        pending.append(pool.submit(self._write_tmp, tmp, r.body, mtime))
+                    else:
+                        pending.append(self._write_tmp(tmp, r.body, mtime))
+                for r, uid, p, w in zip(reqs, uids, plans, pending):
+                    size, vsize = w if isinstance(w, tuple) else w.result()
+                    gen, mtime = str(p["gen"]), int(p["mtime"])  # type: ignore[call-overload]
                     guid_field: str | None = None
                     base = f"{gen},S={size},W={vsize}"
                     if r.guid:
@@ -1173,7 +1198,7 @@ class MaildirMailbox(Mailbox):
                     flags = frozenset(normalize_flag(f) for f in r.flags)
                     keywords = frozenset(kw.spelling(k) for k in r.keywords)
                     letters = fn.letters_for(flags, self._keyword_indexes(kw, keywords))
-                    plans[-1].update(
+                    p.update(
                         uid=uid, base=base, generated=f"{gen},S={size},W={vsize}", gfield=guid_field,
                         letters=letters, size=size, vsize=vsize,
                         mtime=mtime, flags=frozenset(fn.flags_from_letters(letters)), keywords=keywords,
@@ -1196,6 +1221,10 @@ class MaildirMailbox(Mailbox):
                 for p in plans:
                     self._link_into_place(p)
             except BaseException:
+                for w in pending:  # no tmp file may appear after the cleanup below
+                    if not isinstance(w, tuple):
+                        w.cancel()
+                concurrent.futures.wait([w for w in pending if not isinstance(w, tuple)])
                 for p in plans:
                     with contextlib.suppress(OSError):
                         os.unlink(str(p["tmp"]))

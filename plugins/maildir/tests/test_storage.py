@@ -470,3 +470,101 @@ def test_a_failed_write_inside_writing_releases_the_lock(open_maildir) -> None: 
     other = st.open_mailbox("INBOX")  # another object takes the lock at once
     other.save([req(body=b"Subject: b\n\nb\n")])
     assert [r.uid for r in other.records()] == [1, 2]
+
+
+@pytest.mark.parametrize("writers", [2, 0])
+def test_in_memory_bodies_are_written_by_helper_threads(open_maildir, monkeypatch, writers: int) -> None:  # type: ignore[no-untyped-def]
+    """Bodies held in memory (CountedBody) get their tmp files written on the storage's
+    helper threads, streamed ones on the caller's; the result is the same either way: the
+    UIDs in the order given, each file byte for byte, S= and W= right."""
+    import threading
+
+    import dsync_maildir.storage as mod
+
+    from dsync_core.streams import CountedBody
+
+    monkeypatch.setattr(mod, "TMP_WRITERS", writers)
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    where: dict[bytes, str] = {}
+    real = box._write_tmp
+
+    def spy(path, body, mtime):  # type: ignore[no-untyped-def]
+        got = real(path, body, mtime)
+        with open(path, "rb") as f:
+            where[f.read()] = threading.current_thread().name
+        return got
+
+    monkeypatch.setattr(box, "_write_tmp", spy)
+    bodies = [f"Subject: {i}\r\n\r\n".encode() + (b"crlf line\r\n" if i % 3 else b"bare lf\n") * (i + 1)
+              for i in range(12)]
+    reqs = [SaveRequest(CountedBody(b) if i % 4 else io.BytesIO(b)) for i, b in enumerate(bodies)]
+    saved = box.save(reqs)
+    assert [r.uid for r in saved] == list(range(1, 13))
+    for i, b in enumerate(bodies):
+        helper = where[b].startswith("maildir-tmp")
+        assert helper == (writers > 0 and i % 4 != 0), (i, where[b])
+    fresh = st.open_mailbox("INBOX")
+    files = {}
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(box.dir, sub)):
+            with open(os.path.join(box.dir, sub, name), "rb") as f:
+                files[f.read()] = name
+    for rec, b in zip(fresh.records(), bodies):
+        vsize = len(b) + b.count(b"\n") - b.count(b"\r\n")
+        assert fresh.open_body(rec.uid).read() == b
+        assert (rec.size, rec.vsize) == (len(b), vsize)
+        assert f",S={len(b)},W={vsize}" in files[b]
+    assert os.listdir(os.path.join(box.dir, "tmp")) == []
+
+
+def test_a_failed_helper_write_leaves_nothing(open_maildir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A tmp file that cannot be written on a helper thread fails the whole save with the
+    file named: no tmp file left (not even one another helper was still creating when the
+    first failed), no record, the lock free, and the next save fine."""
+    import errno
+    import threading
+
+    from dsync_core.streams import CountedBody
+
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    real_open, real_write = os.open, os.write
+    opens = {"n": 0}
+    lock = threading.Lock()
+    slow_started, failed = threading.Event(), threading.Event()
+
+    def helper() -> bool:
+        return threading.current_thread().name.startswith("maildir-tmp")
+
+    def slow_open(path, *a, **kw):  # type: ignore[no-untyped-def]
+        if helper():
+            with lock:
+                opens["n"] += 1
+                n = opens["n"]
+            if n == 4:  # this file is created only after the other helper failed
+                slow_started.set()
+                failed.wait(5)
+                time.sleep(0.2)
+        return real_open(path, *a, **kw)
+
+    def failing_write(fd, data):  # type: ignore[no-untyped-def]
+        if helper() and slow_started.is_set() and not failed.is_set():
+            failed.set()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "open", slow_open)
+    monkeypatch.setattr(os, "write", failing_write)
+    reqs = [SaveRequest(CountedBody(f"Subject: {i}\n\n{i}\n".encode())) for i in range(20)]
+    with pytest.raises(StorageError, match=r"Cannot write .*/tmp/.*: No space left on device"):
+        box.save(reqs)
+    monkeypatch.undo()
+    assert failed.is_set()
+    time.sleep(0.5)  # a helper the save had not waited for would have made its file by now
+    assert os.listdir(os.path.join(box.dir, "tmp")) == []
+    assert os.listdir(os.path.join(box.dir, "new")) == [] and os.listdir(os.path.join(box.dir, "cur")) == []
+    assert not os.path.exists(box.uidlist_path + ".lock")
+    other = st.open_mailbox("INBOX")
+    assert list(other.records()) == []
+    assert [r.uid for r in other.save([req()])] == [1]
