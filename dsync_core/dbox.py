@@ -18,7 +18,7 @@ from typing import BinaryIO
 import attrs
 
 from .errors import CorruptError, StorageError, UsageError
-from .streams import CHUNK, LineEnds, counted_sizes
+from .streams import CHUNK, BodySizes, LineEnds
 
 MSG_HEADER_SIZE = 30
 MAGIC_PRE = b"\x01\x02"
@@ -104,26 +104,24 @@ def write_message(fd: int, body: BinaryIO, meta: dict[str, str], *, create_time:
         pos = os.lseek(fd, 0, os.SEEK_CUR)
     hdr_pos = pos
     _write_all(fd, b"\0" * MSG_HEADER_SIZE)
-    size = 0
-    counted = counted_sizes(body) if compute_vsize else None
-    ends = LineEnds() if compute_vsize and counted is None else None
+    sizes = BodySizes(body, count=compute_vsize)
     while True:
         chunk = body.read(CHUNK)
         if not chunk:
             break
         if isinstance(chunk, str):
             raise UsageError("Message bodies must be binary streams")
-        size += len(chunk)
-        if ends is not None:
-            ends.feed(chunk)
+        sizes.feed(chunk)
         _write_all(fd, chunk)
-    if counted is not None and counted[0] != size:
+    size = sizes.size
+    counted = sizes.result()
+    if counted is None:
         # The stream was not read from its start: count what was written.
         ends = LineEnds()
         for off in range(0, size, CHUNK):
             ends.feed(os.pread(fd, min(CHUNK, size - off), hdr_pos + MSG_HEADER_SIZE + off))
-        counted = None
-    vsize = counted[1] if counted is not None else size + (ends.bare_lf if ends is not None else 0)
+        counted = (size, size + ends.bare_lf)
+    vsize = counted[1]
     meta = dict(meta)
     meta.setdefault(META_VSIZE, f"{vsize:x}")
     _write_all(fd, metadata_block(meta))

@@ -27,11 +27,15 @@ from .model import (
     SaveRequest,
 )
 from .storage import Mailbox, Storage
-from .streams import counted_sizes
+from .streams import counted_sizes, counts_as_read, held_bytes
 
 #: How many bodies one ``save()`` batch holds open at most (Dovecot commits every 100). Fewer,
 #: larger batches mean fewer fsync rounds; open files and spooled bodies bound it from above.
 SAVE_BATCH = 200
+#: ... and how many bytes of bodies held in memory (``streams.held_bytes``: bodies fetched
+#: whole, a streamed body's current chunk) it gathers before it is saved: 200 bodies of
+#: nearly a chunk each would otherwise hold 200 chunks.
+SAVE_BATCH_BYTES = 32 * 1024 * 1024
 
 
 @attrs.frozen
@@ -219,7 +223,20 @@ class _ClosingStream:
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
         self.count = 0
-        self.counted = counted_sizes(raw)  # passed on to the writer (streams.CountedBody)
+
+    # Passed on to the writer (streams.CountedBody, streams.counts_as_read); a stream that
+    # counts as it is read knows its sizes only at its end, so they are asked late.
+    @property
+    def counted(self) -> tuple[int, int] | None:
+        return counted_sizes(self.raw)
+
+    @property
+    def counts_as_read(self) -> bool:
+        return counts_as_read(self.raw)
+
+    @property
+    def held(self) -> int:
+        return held_bytes(self.raw)
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
@@ -397,16 +414,21 @@ class LocalReplica(Replica):
         with self._open(guid) as mb, mb.writing():
             saves = sorted(batch.saves, key=lambda s: s.uid)
             # The peer's bodies arrive in the order of the engine's list, which is by UID too.
-            for i in range(0, len(saves), SAVE_BATCH):
-                chunk = saves[i : i + SAVE_BATCH]
+            i = 0
+            while i < len(saves):
+                j = i  # saves[i:j] is this batch
+                held = 0
                 reqs: list[SaveRequest] = []
                 opened: list[_ClosingStream] = []
                 try:
-                    for s in chunk:
+                    while j < len(saves) and j - i < SAVE_BATCH and held < SAVE_BATCH_BYTES:
+                        s = saves[j]
+                        j += 1
                         body = self._body_for(mb, s, bodies, errors)
                         if body is None:
                             continue
                         opened.append(body)
+                        held += held_bytes(body)
                         reqs.append(
                             SaveRequest(
                                 body=body,  # type: ignore[arg-type]
@@ -425,20 +447,22 @@ class LocalReplica(Replica):
                             # batch (a windowed copy would read the whole store each window).
                             for rec in stored:
                                 self._guid_index.setdefault(rec.guid, (guid, rec.uid))
-                        for s in chunk:
+                        for s in saves[i:j]:
                             if s.source == "peer":
                                 saved += 1
                             else:
                                 copied += 1
                         nbytes += sum(o.count for o in opened)
                 except DsyncError as e:
-                    errors.append(f"{mb.name}: saving UIDs {chunk[0].uid}..{chunk[-1].uid} failed: {e.message}")
+                    last = saves[max(j - 1, i)].uid
+                    errors.append(f"{mb.name}: saving UIDs {saves[i].uid}..{last} failed: {e.message}")
                     # Keep the peer's body stream aligned with the remaining saves.
                     break
                 finally:
                     for o in opened:
                         with contextlib.suppress(OSError):
                             o.close()
+                i = j
             if batch.flag_updates:
                 try:
                     flags = len(mb.update_flags(batch.flag_updates))

@@ -751,3 +751,48 @@ def test_fast_sync_sees_one_change_on_each_side(sides) -> None:  # type: ignore[
     r = _sync(a, b, mode=SyncMode.BACKUP)
     assert r.mailboxes_skipped == 1
     same(a, b)
+
+
+def test_a_save_batch_holds_a_bounded_amount_of_bodies(sides, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Bodies held whole in memory (fetched ahead) are saved in batches of at most about
+    SAVE_BATCH_BYTES, not SAVE_BATCH bodies whatever their sizes; small ones still go 200
+    to a batch."""
+    import dsync_core.replica as replica
+    from dsync_core.replica import ImportBatch, NewMessage
+    from dsync_core.streams import CountedBody
+
+    _a, b = sides
+    b.create_mailbox("Box")
+    with b.open_mailbox("Box") as mb:
+        guid = mb.guid
+    monkeypatch.setattr(replica, "SAVE_BATCH_BYTES", 64 * 1024)
+    batches: list[int] = []
+    orig = b.open_mailbox
+
+    def open_mailbox(name):  # type: ignore[no-untyped-def]
+        mb = orig(name)
+        inner = mb.save
+
+        def save(reqs):  # type: ignore[no-untyped-def]
+            reqs = list(reqs)
+            batches.append(len(reqs))
+            return inner(reqs)
+
+        mb.save = save
+        return mb
+
+    b.open_mailbox = open_mailbox
+
+    def body(i: int, size: int) -> bytes:
+        head = f"Message-ID: <held{i}@example.org>\r\n\r\n".encode()
+        return head + b"x" * (size - len(head))
+
+    sizes = [10 * 1024] * 20 + [100] * 250
+    saves = tuple(NewMessage(uid=i + 1, guid="") for i in range(len(sizes)))
+    bodies = iter((i + 1, CountedBody(body(i, s))) for i, s in enumerate(sizes))
+    result = LocalReplica(b).import_batch(guid, ImportBatch(saves=saves), bodies)
+    assert result.errors == () and result.saved == len(sizes)
+    # 64 KiB hold 7 bodies of 10 KiB (the 7th passes the bound); the third batch ends
+    # with small ones once the bound is passed, the rest go SAVE_BATCH to a batch.
+    assert batches == [7, 7, 6 + 41, 200, 9]
+    assert [m[0] for m in messages(b, "Box")] == list(range(1, len(sizes) + 1))

@@ -41,7 +41,7 @@ from dsync_core.model import (
 )
 from dsync_core.settings import Settings
 from dsync_core.storage import Mailbox, Storage, normalize_mailbox_name
-from dsync_core.streams import CountedBody
+from dsync_core.streams import CountedBody, LineEnds, chunk_line_ends
 
 from .client import Connection, ConnectionLost
 from .config import ImapcConfig, load_config
@@ -51,6 +51,10 @@ from .names import ServerFolder, to_name, to_raw
 #: Bodies fetched together in one UID FETCH stay below this many bytes (memory bound per
 #: connection); a message above ``chunk_size`` is streamed in partial fetches instead.
 BATCH_BYTES = 2 * 1024 * 1024
+
+#: A chunk of a body and its line ends counted (``streams.chunk_line_ends``).
+_Piece = tuple[bytes, tuple[int, bool, bool] | None]
+
 log = logging.getLogger("dsync.imapc")
 #: After a full listing, expunged messages are asked for by the gaps in its UIDs, up to
 #: this many gaps (the command line stays below 16 KiB); beyond, for all UIDs (``1:*``).
@@ -701,46 +705,101 @@ def spool_crlf(body: BinaryIO, max_head: int) -> tuple[BinaryIO, bytes, int]:
 
 
 class _ChunkedBody(io.RawIOBase):
-    """A message body read from the server in partial fetches (``BODY.PEEK[]<off.len>``):
-    never more than one chunk in memory."""
+    """A message body read from the server in partial fetches (``BODY.PEEK[]<off.len>``).
 
-    def __init__(self, mb: ImapcMailbox, uid: int, size: int | None, first: bytes = b"") -> None:
+    With worker connections the next chunk is fetched on one, and its line ends counted
+    there, while the writer writes this one: never more than two chunks in memory. The
+    body counts its line ends as it is read (``streams.counts_as_read``), so the writer
+    need not scan it again."""
+
+    counts_as_read = True
+
+    def __init__(self, mb: ImapcMailbox, uid: int, size: int | None, first: _Piece | None = None) -> None:
         self.mb = mb
         self.uid = uid
         self.size = size
-        self.off = len(first)  # a batch fetch brought the first chunk already
-        self.buf = first
+        self.off = 0
+        self.buf = b""
         self.pos = 0  # read position in buf (slicing off what was read would copy the rest)
         self.eof = False
+        self.ends = LineEnds()
+        self._ex = mb.storage.executor() if mb.storage.cfg.connections > 1 else None
+        self._next: concurrent.futures.Future[_Piece | None] | None = None
+        if first is not None:  # a batch fetch brought (and counted) the first chunk already
+            self._take(first)
 
     def readable(self) -> bool:
         return True
 
+    @property
+    def counted(self) -> tuple[int, int] | None:
+        """(physical, virtual) size once the whole body was read, else None."""
+        if self.eof and self.pos >= len(self.buf):
+            return self.off, self.off + self.ends.bare_lf
+        return None
+
+    @property
+    def held(self) -> int:
+        """Bytes in memory: the current chunk (``streams.held_bytes``)."""
+        return len(self.buf)
+
+    def _take(self, piece: _Piece) -> None:
+        data, counted = piece
+        self.off += len(data)
+        self.buf = data
+        self.pos = 0
+        self.ends.add(counted)
+        if len(data) < self.mb.storage.cfg.chunk_size or (self.size is not None and self.off >= self.size):
+            self.eof = True
+
     def _fill(self) -> None:
-        chunk = self.mb.storage.cfg.chunk_size
-        conn = self.mb._reading()
-        got = raw_fetch(conn, str(self.uid), [f"BODY.PEEK[]<{self.off}.{chunk}>"], what=f"body of UID {self.uid}",
-                        literal=chunk, response=chunk + 64 * 1024, why="imapc_fetch_chunk_size")
-        item = got.get(self.uid)
-        if item is None:
+        if self._next is not None:
+            fut, self._next = self._next, None
+            piece = fut.result()
+        else:
+            piece = self.mb._fetch_piece(self.uid, self.off, self.mb._reading())
+        if piece is None:
             if self.off == 0:
                 raise NotFoundError(f"{self.mb.name}: message UID {self.uid} was expunged on the server")
             self.eof = True
             return
-        data = _body_item(item) or b""
-        self.off += len(data)
-        self.buf = data
-        self.pos = 0
-        if len(data) < chunk or (self.size is not None and self.off >= self.size):
-            self.eof = True
+        self._take(piece)
 
     def readinto(self, b: Any) -> int:
         if self.pos >= len(self.buf) and not self.eof:
             self._fill()
+        if self._next is None and not self.eof and self._ex is not None:
+            # Asked when this chunk is first read, not when the body is opened: a save
+            # opens a batch of bodies before it reads them one after the other.
+            self._next = self._ex.submit(self.mb._fetch_piece, self.uid, self.off)
         n = min(len(b), len(self.buf) - self.pos)
         b[:n] = memoryview(self.buf)[self.pos : self.pos + n]
         self.pos += n
         return n
+
+    def close(self) -> None:
+        if self._next is not None:  # a chunk asked ahead that nobody will read
+            self._next.cancel()
+            self._next = None
+        super().close()
+
+
+class _Buffered(io.BufferedReader):
+    """A buffered :class:`_ChunkedBody` that passes its count on to the writer."""
+
+    counts_as_read = True
+
+    @property
+    def counted(self) -> tuple[int, int] | None:
+        return self.raw.counted  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def held(self) -> int:
+        return self.raw.held  # type: ignore[attr-defined, no-any-return]
+
+
+def _buffered(body: _ChunkedBody) -> BinaryIO:
+    return _Buffered(body, 64 * 1024)  # type: ignore[return-value]
 
 
 class ImapcMailbox(Mailbox):
@@ -979,7 +1038,7 @@ class ImapcMailbox(Mailbox):
         got = raw_fetch(c, str(uid), ["UID", "RFC822.SIZE"], what="size")
         if uid not in got:
             raise NotFoundError(f"{self.name}: message UID {uid} doesn't exist on the server")
-        return io.BufferedReader(_ChunkedBody(self, uid, got[uid].get(b"RFC822.SIZE")), 64 * 1024)  # type: ignore[return-value]
+        return _buffered(_ChunkedBody(self, uid, got[uid].get(b"RFC822.SIZE")))
 
     def open_bodies(self, uids: list[int]) -> Iterator[tuple[int, BinaryIO | None]]:
         """Bodies in the given order: small ones fetched many per UID FETCH on up to
@@ -1041,15 +1100,16 @@ class ImapcMailbox(Mailbox):
                     if u not in sizes:
                         yield u, None
                     else:
-                        yield u, io.BufferedReader(_ChunkedBody(self, u, sizes[u]), 64 * 1024)  # type: ignore[misc]
+                        yield u, _buffered(_ChunkedBody(self, u, sizes[u]))
                     continue
                 bodies = fut.result() if fut is not None else self._fetch_batch(group, sizes, self._reading())
                 for u in group:
                     data = bodies.pop(u, None)
-                    if isinstance(data, bytes):
-                        # Bigger than RFC822.SIZE said (servers' sizes can be wrong): the
-                        # rest comes in partial fetches, as for a big message.
-                        yield u, io.BufferedReader(_ChunkedBody(self, u, None, data), 64 * 1024)  # type: ignore[misc]
+                    if isinstance(data, tuple):
+                        # A big message's first chunk (or a body bigger than RFC822.SIZE
+                        # said: servers' sizes can be wrong): the rest comes in partial
+                        # fetches. Its size is not trusted to end the body.
+                        yield u, _buffered(_ChunkedBody(self, u, None, data))
                         continue
                     yield u, data
         finally:
@@ -1057,32 +1117,51 @@ class ImapcMailbox(Mailbox):
                 if fut is not None:
                     fut.cancel()
 
+    @contextlib.contextmanager
+    def _on(self, conn: Connection | None) -> Iterator[Connection]:
+        """``conn``, or (None) a worker connection with this mailbox selected."""
+        if conn is not None:
+            yield conn
+            return
+        with self.storage._worker_conn() as wc:
+            if wc.selected != self.folder.raw:
+                wc.select(self.folder.raw, self.name)
+            yield wc
+
+    def _fetch_piece(self, uid: int, off: int, conn: Connection | None = None) -> _Piece | None:
+        """One chunk of a body from ``off``, its line ends counted (on a worker connection
+        unless ``conn`` is given); None when the server answers nothing for the UID."""
+        chunk = self.storage.cfg.chunk_size
+        with self._on(conn) as c:
+            got = raw_fetch(c, str(uid), [f"BODY.PEEK[]<{off}.{chunk}>"], what=f"body of UID {uid}",
+                            literal=chunk, response=chunk + 64 * 1024, why="imapc_fetch_chunk_size")
+        item = got.get(uid)
+        if item is None:
+            return None
+        data = _body_item(item) or b""
+        return data, chunk_line_ends(data)
+
     def _fetch_batch(self, uids: list[int], sizes: dict[int, int],
-                     conn: Connection | None = None) -> dict[int, CountedBody | bytes]:
+                     conn: Connection | None = None) -> dict[int, CountedBody | _Piece]:
         """Small bodies in one UID FETCH. Each is asked as its first ``chunk_size`` bytes
         (``BODY.PEEK[]<0.n>``), so no literal can be longer than that whatever sizes the
         server claimed, and the whole answer is bounded by twice the planned bytes.
 
         A whole body comes back counted (:class:`CountedBody`): on a worker connection the
         line ends are counted here, while the writer waits on its disk. A body that filled
-        the chunk may be longer: its first chunk comes back as bytes."""
+        the chunk may be longer: its first chunk comes back as a counted :data:`_Piece`."""
         chunk = self.storage.cfg.chunk_size
         planned = sum(sizes.get(u, 0) for u in uids)
         args = (uid_set(uids), ["UID", f"BODY.PEEK[]<0.{chunk}>"])
         bounds = {"what": "bodies", "literal": chunk, "response": 2 * planned + 4096 * len(uids) + 1024 * 1024,
                   "why": "imapc_fetch_chunk_size", "response_why": "twice the RFC822.SIZEs the server announced"}
-        if conn is not None:
-            got = raw_fetch(conn, *args, **bounds)  # type: ignore[arg-type]
-        else:
-            with self.storage._worker_conn() as wc:
-                if wc.selected != self.folder.raw:
-                    wc.select(self.folder.raw, self.name)
-                got = raw_fetch(wc, *args, **bounds)  # type: ignore[arg-type]
-        out: dict[int, CountedBody | bytes] = {}
+        with self._on(conn) as c:
+            got = raw_fetch(c, *args, **bounds)  # type: ignore[arg-type]
+        out: dict[int, CountedBody | _Piece] = {}
         for u, d in got.items():
             data = _body_item(d)
             if data is not None:
-                out[u] = data if len(data) >= chunk else CountedBody(data)
+                out[u] = (data, chunk_line_ends(data)) if len(data) >= chunk else CountedBody(data)
         return out
 
     # -- writing -------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from dsync_core.model import (
 )
 from dsync_core.settings import Settings
 from dsync_core.storage import HIERARCHY_SEP, Mailbox, parent_names
-from dsync_core.streams import CHUNK, LineEnds, counted_sizes, virtual_size
+from dsync_core.streams import CHUNK, BodySizes, counted_sizes, virtual_size
 from dsync_core.uidvalidity import allocate_uidvalidity
 
 from . import filename as fn
@@ -1257,9 +1257,7 @@ class MaildirMailbox(Mailbox):
     def _write_tmp(self, path: str, body: BinaryIO, mtime: int) -> tuple[int, int]:
         """Stream a body into ``tmp/`` and give it ``mtime`` (Dovecot's received date);
         return (size, vsize with bare LF counted as CRLF)."""
-        size = 0
-        counted = counted_sizes(body)
-        ends = None if counted else LineEnds()
+        sizes = BodySizes(body)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
@@ -1272,9 +1270,7 @@ class MaildirMailbox(Mailbox):
                     break
                 if isinstance(chunk, str):
                     raise UsageError("Message bodies must be binary streams")
-                size += len(chunk)
-                if ends is not None:
-                    ends.feed(chunk)
+                sizes.feed(chunk)
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
@@ -1283,10 +1279,9 @@ class MaildirMailbox(Mailbox):
             raise StorageError(f"Cannot write {path}: {e.strerror}") from None
         finally:
             os.close(fd)
-        if ends is not None:
-            return size, size + ends.bare_lf
-        if counted is not None and counted[0] == size:
-            return size, counted[1]
+        counted = sizes.result()
+        if counted is not None:
+            return counted
         with open(path, "rb") as f:  # the stream was not read from its start: count the file
             return virtual_size(f)
 
