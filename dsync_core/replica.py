@@ -34,8 +34,9 @@ from .streams import counted_sizes, counts_as_read, held_bytes
 SAVE_BATCH = 200
 #: ... and how many bytes of bodies held in memory (``streams.held_bytes``: bodies fetched
 #: whole, a streamed body's current chunk) it gathers before it is saved: 200 bodies of
-#: nearly a chunk each would otherwise hold 200 chunks.
-SAVE_BATCH_BYTES = 32 * 1024 * 1024
+#: nearly a chunk each would otherwise hold 200 chunks. Two batches are held at a time
+#: (the next one is gathered and staged while the current one is saved).
+SAVE_BATCH_BYTES = 16 * 1024 * 1024
 
 
 @attrs.frozen
@@ -247,6 +248,36 @@ class _ClosingStream:
         self.raw.close()
 
 
+@attrs.define
+class _SaveBatch:
+    """``saves[start:end]`` gathered for one ``save()``: its requests (staged) and the
+    bodies opened for them."""
+
+    start: int
+    end: int
+    reqs: list[SaveRequest] = attrs.Factory(list)
+    opened: list[_ClosingStream] = attrs.Factory(list)
+
+    def close(self) -> None:
+        # Staged bodies first: closing one that no save() took removes what it wrote.
+        for r in self.reqs:
+            if r.body not in self.opened:
+                with contextlib.suppress(OSError):
+                    r.body.close()
+        for o in self.opened:
+            with contextlib.suppress(OSError):
+                o.close()
+
+
+class _GatherFailed(Exception):
+    """Reading the bodies of a save batch failed (``error``), at ``saves[last]`` at most."""
+
+    def __init__(self, error: DsyncError, last: int) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.last = last
+
+
 class LocalReplica(Replica):
     """A replica over a storage in this process."""
 
@@ -414,55 +445,50 @@ class LocalReplica(Replica):
         with self._open(guid) as mb, mb.writing():
             saves = sorted(batch.saves, key=lambda s: s.uid)
             # The peer's bodies arrive in the order of the engine's list, which is by UID too.
-            i = 0
-            while i < len(saves):
-                j = i  # saves[i:j] is this batch
-                held = 0
-                reqs: list[SaveRequest] = []
-                opened: list[_ClosingStream] = []
-                try:
-                    while j < len(saves) and j - i < SAVE_BATCH and held < SAVE_BATCH_BYTES:
-                        s = saves[j]
-                        j += 1
-                        body = self._body_for(mb, s, bodies, errors)
-                        if body is None:
-                            continue
-                        opened.append(body)
-                        held += held_bytes(body)
-                        reqs.append(
-                            SaveRequest(
-                                body=body,  # type: ignore[arg-type]
-                                uid=s.uid,
-                                guid=s.guid or None,
-                                flags=s.flags,
-                                keywords=s.keywords,
-                                internaldate=s.internaldate,
-                                save_date=s.save_date,
-                            )
-                        )
-                    if reqs:
-                        stored = mb.save(reqs)
-                        if self._guid_index is not None:
-                            # Keep the GUID index current rather than rebuild it for the next
-                            # batch (a windowed copy would read the whole store each window).
-                            for rec in stored:
-                                self._guid_index.setdefault(rec.guid, (guid, rec.uid))
-                        for s in saves[i:j]:
-                            if s.source == "peer":
-                                saved += 1
-                            else:
-                                copied += 1
-                        nbytes += sum(o.count for o in opened)
-                except DsyncError as e:
-                    last = saves[max(j - 1, i)].uid
-                    errors.append(f"{mb.name}: saving UIDs {saves[i].uid}..{last} failed: {e.message}")
-                    # Keep the peer's body stream aligned with the remaining saves.
-                    break
-                finally:
-                    for o in opened:
-                        with contextlib.suppress(OSError):
-                            o.close()
-                i = j
+            # The next batch is gathered and staged (Mailbox.stage) before the current one is
+            # saved, so a storage writes its bodies while it makes the current one durable.
+            pending: list[_SaveBatch] = []
+            failed: str | None = None  # why gathering a batch failed: no save after it
+            try:
+                nxt = 0
+                while True:
+                    # Keep one batch gathered (and staged) ahead of the one being saved.
+                    while failed is None and len(pending) < 2 and nxt < len(saves):
+                        try:
+                            pending.append(self._gather(mb, saves, nxt, bodies, errors))
+                            nxt = pending[-1].end
+                        except _GatherFailed as e:
+                            failed = (f"{mb.name}: saving UIDs {saves[nxt].uid}..{saves[e.last].uid} "
+                                      f"failed: {e.error.message}")
+                    if not pending:
+                        break
+                    cur = pending.pop(0)
+                    try:
+                        if cur.reqs:
+                            stored = mb.save(cur.reqs)
+                            if self._guid_index is not None:
+                                # Keep the GUID index current rather than rebuild it for the next
+                                # batch (a windowed copy would read the whole store each window).
+                                for rec in stored:
+                                    self._guid_index.setdefault(rec.guid, (guid, rec.uid))
+                            for s in saves[cur.start : cur.end]:
+                                if s.source == "peer":
+                                    saved += 1
+                                else:
+                                    copied += 1
+                            nbytes += sum(o.count for o in cur.opened)
+                    except DsyncError as e:
+                        last = saves[cur.end - 1].uid
+                        errors.append(f"{mb.name}: saving UIDs {saves[cur.start].uid}..{last} failed: {e.message}")
+                        # Keep the peer's body stream aligned with the remaining saves.
+                        break
+                    finally:
+                        cur.close()
+            finally:
+                for b in pending:
+                    b.close()
+            if failed is not None:
+                errors.append(failed)
             if batch.flag_updates:
                 try:
                     flags = len(mb.update_flags(batch.flag_updates))
@@ -486,6 +512,47 @@ class LocalReplica(Replica):
         if expunged:
             self._guid_index = None  # entries may point at what is gone
         return ImportResult(saved, copied, nbytes, flags, expunged, tuple(errors), status)
+
+    def _gather(
+        self,
+        mb: Mailbox,
+        saves: list[NewMessage],
+        start: int,
+        bodies: Iterator[tuple[int, BinaryIO | None]] | None,
+        errors: list[str],
+    ) -> _SaveBatch:
+        """The save batch from ``saves[start]``: up to SAVE_BATCH messages, fewer once their
+        bodies hold SAVE_BATCH_BYTES in memory; staged in ``mb``."""
+        batch = _SaveBatch(start, start)
+        held = 0
+        try:
+            while batch.end < len(saves) and batch.end - start < SAVE_BATCH and held < SAVE_BATCH_BYTES:
+                s = saves[batch.end]
+                batch.end += 1
+                body = self._body_for(mb, s, bodies, errors)
+                if body is None:
+                    continue
+                batch.opened.append(body)
+                held += held_bytes(body)
+                batch.reqs.append(
+                    SaveRequest(
+                        body=body,  # type: ignore[arg-type]
+                        uid=s.uid,
+                        guid=s.guid or None,
+                        flags=s.flags,
+                        keywords=s.keywords,
+                        internaldate=s.internaldate,
+                        save_date=s.save_date,
+                    )
+                )
+            batch.reqs = mb.stage(batch.reqs)
+        except DsyncError as e:
+            batch.close()
+            raise _GatherFailed(e, max(batch.end - 1, start)) from e
+        except BaseException:
+            batch.close()
+            raise
+        return batch
 
     def _body_for(
         self,

@@ -194,6 +194,15 @@ class Mailbox(abc.ABC):
         """
         return []
 
+    def stage(self, requests: list[SaveRequest]) -> list[SaveRequest]:
+        """Speed hint: these requests go to a later :meth:`save` of this mailbox (the engine
+        stages the next batch before it saves the current one). A storage may start work
+        that needs no lock now, such as writing bodies held in memory to temporary files
+        on helper threads, and return requests whose bodies stand for that work. The
+        caller passes what it gets to ``save()``, or closes those bodies (which undoes the
+        work). The default returns the requests unchanged."""
+        return requests
+
     def writing(self) -> contextlib.AbstractContextManager[None]:
         """``with mb.writing(): ...`` around a run of writes (the engine's import of one
         mailbox): a storage may keep its write lock from one write to the next instead of

@@ -796,3 +796,36 @@ def test_a_save_batch_holds_a_bounded_amount_of_bodies(sides, monkeypatch) -> No
     # with small ones once the bound is passed, the rest go SAVE_BATCH to a batch.
     assert batches == [7, 7, 6 + 41, 200, 9]
     assert [m[0] for m in messages(b, "Box")] == list(range(1, len(sizes) + 1))
+
+
+def test_a_failed_body_read_saves_the_batches_before_it(sides, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The next save batch is gathered (and staged) while the current one is saved: when
+    reading a body of the next batch fails, the current batch is still saved, the error
+    names the failed batch's UIDs, and nothing of it is left behind (no tmp file)."""
+    import os
+
+    import dsync_core.replica as replica
+    from dsync_core.errors import ProtocolError
+    from dsync_core.replica import ImportBatch, NewMessage
+    from dsync_core.streams import CountedBody
+
+    _a, b = sides
+    b.create_mailbox("Box")
+    with b.open_mailbox("Box") as mb:
+        guid = mb.guid
+    monkeypatch.setattr(replica, "SAVE_BATCH", 10)
+
+    def bodies():  # type: ignore[no-untyped-def]
+        for i in range(25):
+            if i == 14:
+                raise ProtocolError("server connection lost mid-FETCH")
+            yield i + 1, CountedBody(f"Message-ID: <p{i}@example.org>\r\n\r\nbody {i}\r\n".encode())
+
+    saves = tuple(NewMessage(uid=i + 1, guid="") for i in range(25))
+    result = LocalReplica(b).import_batch(guid, ImportBatch(saves=saves), bodies())
+    assert [m[0] for m in messages(b, "Box")] == list(range(1, 11))
+    assert result.saved == 10
+    assert result.errors == ("Box: saving UIDs 11..15 failed: server connection lost mid-FETCH",)
+    root = getattr(b, "root", None)
+    if root is not None:
+        assert [f for d, _s, fs in os.walk(root) if os.path.basename(d) == "tmp" for f in fs] == []

@@ -342,6 +342,27 @@ class StorageConformance:
         for rec, body in zip(recs, bodies):
             assert read_body(mbox, rec.uid) == body, f"body of UID {rec.uid} changed on the way"
 
+    def test_stage_then_save_or_close(self, mbox: Mailbox) -> None:
+        """``stage()`` (a speed hint) changes nothing visible: staged requests saved give
+        the bodies and flags asked for, staged ones closed unsaved leave no message."""
+        from ..streams import CountedBody
+
+        dropped = mbox.stage([SaveRequest(body=CountedBody(message(f"dropped {i}"))) for i in range(3)])
+        for r in dropped:
+            r.body.close()
+        bodies = [message(f"staged {i}") for i in range(4)]
+        staged = mbox.stage([
+            SaveRequest(body=CountedBody(b) if i % 2 else io.BytesIO(b), flags={"\\Seen"} if i == 1 else set())
+            for i, b in enumerate(bodies)
+        ])
+        recs = mbox.save(staged)
+        for r in staged:
+            r.body.close()
+        assert [read_body(mbox, r.uid) for r in recs] == bodies
+        listed = list(mbox.records())
+        assert [r.uid for r in listed] == [r.uid for r in recs], "a staged batch closed unsaved left messages"
+        assert [r.flags for r in listed] == [frozenset(), frozenset({"\\Seen"}), frozenset(), frozenset()]
+
     def test_large_message_streamed(self, mbox: Mailbox) -> None:
         line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-._~!$&'()*+,;=:@/?\r\n"
         data = message("large", line * (5 * 1024 * 1024 // len(line) + 1))

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import io
 import json
 import logging
 import os
 import secrets
 import time
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -427,6 +428,37 @@ class MaildirStorage(DirectoryStorage):
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
                 self.own(path + suffix)
+
+
+class _StagedBody(io.RawIOBase):
+    """A body whose tmp file a helper thread writes (or wrote) ahead of the save that takes
+    it (:meth:`MaildirMailbox.stage`). Closed without that save, it removes the file."""
+
+    def __init__(self, mailbox_dir: str, tmp: str, gen: str, mtime: int, body: BinaryIO,
+                 future: concurrent.futures.Future[tuple[int, int]]) -> None:
+        self.mailbox_dir = mailbox_dir
+        self.tmp = tmp
+        self.gen = gen
+        self.mtime = mtime
+        self.body = body
+        self.future = future
+        self.taken = False  # a save() took it over, cleanup included
+
+    def readable(self) -> bool:
+        return False
+
+    def readinto(self, b: Any) -> int:
+        raise UsageError("A staged Maildir body can only be saved to the mailbox that staged it")
+
+    def close(self) -> None:
+        if not self.closed and not self.taken:
+            self.future.cancel()
+            concurrent.futures.wait([self.future])  # no tmp file may appear after the unlink
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+            with contextlib.suppress(OSError):
+                self.body.close()
+        super().close()
 
 
 class MaildirMailbox(Mailbox):
@@ -1121,6 +1153,24 @@ class MaildirMailbox(Mailbox):
         idx = kw.assign(keywords)
         return sorted({idx[k] for k in keywords})
 
+    def stage(self, requests: list[SaveRequest]) -> list[SaveRequest]:
+        """Bodies held in memory get their tmp files written on the helper threads now,
+        while the engine saves the batch before (tmp files need no lock)."""
+        pool = self.storage.tmp_writers()
+        if pool is None:
+            return requests
+        out = []
+        for r in requests:
+            if counted_sizes(r.body) is None:
+                out.append(r)  # streamed: save() reads it, in order
+                continue
+            gen = fn.generate_base()
+            tmp = os.path.join(self.dir, "tmp", gen)
+            mtime = r.internaldate if r.internaldate is not None else int(time.time())
+            fut = pool.submit(self._write_tmp, tmp, r.body, mtime)
+            out.append(attrs.evolve(r, body=_StagedBody(self.dir, tmp, gen, mtime, r.body, fut)))
+        return out
+
     def save(self, requests: Iterable[SaveRequest]) -> list[MessageRecord]:
         reqs = list(requests)
         if not reqs:
@@ -1166,6 +1216,13 @@ class MaildirMailbox(Mailbox):
             try:
                 pool = st.tmp_writers()
                 for r in reqs:
+                    if isinstance(r.body, _StagedBody):
+                        if r.body.mailbox_dir != self.dir or r.body.taken or r.body.closed:
+                            raise UsageError(f"A staged body can only be saved once, to the mailbox that staged it ({self.name})")
+                        r.body.taken = True  # its tmp file is ours to remove from here on
+                        plans.append({"tmp": r.body.tmp, "gen": r.body.gen, "mtime": r.body.mtime})
+                        pending.append(r.body.future)
+                        continue
                     gen = fn.generate_base()
                     tmp = os.path.join(tmp_dir, gen)
                     mtime = r.internaldate if r.internaldate is not None else int(time.time())
