@@ -27,7 +27,7 @@ from .model import (
     SaveRequest,
 )
 from .storage import Mailbox, Storage
-from .streams import counted_sizes, counts_as_read, held_bytes
+from .streams import any_thread, counted_sizes, counts_as_read, held_bytes
 
 #: How many bodies one ``save()`` batch holds open at most (Dovecot commits every 100). Fewer,
 #: larger batches mean fewer fsync rounds; open files and spooled bodies bound it from above.
@@ -225,7 +225,7 @@ class _ClosingStream:
         self.raw = raw
         self.count = 0
 
-    # Passed on to the writer (streams.CountedBody, streams.counts_as_read); a stream that
+    # Passed on to the writer (streams.CountedBody, counts_as_read, any_thread); a stream that
     # counts as it is read knows its sizes only at its end, so they are asked late.
     @property
     def counted(self) -> tuple[int, int] | None:
@@ -234,6 +234,10 @@ class _ClosingStream:
     @property
     def counts_as_read(self) -> bool:
         return counts_as_read(self.raw)
+
+    @property
+    def any_thread(self) -> bool:
+        return any_thread(self.raw)
 
     @property
     def held(self) -> int:

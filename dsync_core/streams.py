@@ -103,8 +103,7 @@ class CountedBody(io.BytesIO):
 
     Such a body is whole in memory and tied to no connection, so a writer may read it on
     another thread, in any order relative to the other bodies of a save (the Maildir
-    storage writes their tmp files on helper threads). Streamed bodies must be read in the
-    order they were given, on the calling thread."""
+    storage writes their tmp files on helper threads; see :func:`any_thread`)."""
 
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
@@ -118,6 +117,15 @@ def counted_sizes(body: object) -> tuple[int, int] | None:
     ``None``: then the writer counts. Wrappers pass their stream's ``counted`` on."""
     counted = getattr(body, "counted", None)
     return counted if isinstance(counted, tuple) else None
+
+
+def any_thread(body: object) -> bool:
+    """Whether any thread may read a body, in any order relative to the other bodies of a
+    save: one held whole in memory (:class:`CountedBody`), or a stream that says so
+    (``any_thread`` true: it is tied to no connection or stream position the caller
+    uses). Other streamed bodies are read in the order given, on the calling thread.
+    Wrappers pass this on."""
+    return counted_sizes(body) is not None or getattr(body, "any_thread", False) is True
 
 
 def counts_as_read(body: object) -> bool:
@@ -175,6 +183,7 @@ __all__ = [
     "CountedBody",
     "CrlfToLf",
     "LineEnds",
+    "any_thread",
     "chunk_line_ends",
     "counted_sizes",
     "counts_as_read",

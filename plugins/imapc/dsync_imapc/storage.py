@@ -707,10 +707,10 @@ def spool_crlf(body: BinaryIO, max_head: int) -> tuple[BinaryIO, bytes, int]:
 class _ChunkedBody(io.RawIOBase):
     """A message body read from the server in partial fetches (``BODY.PEEK[]<off.len>``).
 
-    With worker connections the next chunk is fetched on one, and its line ends counted
-    there, while the writer writes this one: never more than two chunks in memory. The
-    body counts its line ends as it is read (``streams.counts_as_read``), so the writer
-    need not scan it again."""
+    With worker connections every chunk is fetched on one (the next while the writer
+    writes this one, its line ends counted there): never more than two chunks in memory,
+    and any thread may read the body. The body counts its line ends as it is read
+    (``streams.counts_as_read``), so the writer need not scan it again."""
 
     counts_as_read = True
 
@@ -752,7 +752,15 @@ class _ChunkedBody(io.RawIOBase):
         if len(data) < self.mb.storage.cfg.chunk_size or (self.size is not None and self.off >= self.size):
             self.eof = True
 
+    @property
+    def any_thread(self) -> bool:
+        """With worker connections every chunk comes from one, never from the main
+        connection: any thread may read the body (``streams.any_thread``)."""
+        return self._ex is not None
+
     def _fill(self) -> None:
+        if self._next is None and self._ex is not None:
+            self._next = self._ex.submit(self.mb._fetch_piece, self.uid, self.off)
         if self._next is not None:
             fut, self._next = self._next, None
             piece = fut.result()
@@ -796,6 +804,10 @@ class _Buffered(io.BufferedReader):
     @property
     def held(self) -> int:
         return self.raw.held  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def any_thread(self) -> bool:
+        return self.raw.any_thread  # type: ignore[attr-defined, no-any-return]
 
 
 def _buffered(body: _ChunkedBody) -> BinaryIO:

@@ -52,7 +52,7 @@ from dsync_core.model import (
 )
 from dsync_core.settings import Settings
 from dsync_core.storage import HIERARCHY_SEP, Mailbox, parent_names
-from dsync_core.streams import CHUNK, BodySizes, counted_sizes, virtual_size
+from dsync_core.streams import CHUNK, BodySizes, any_thread, virtual_size
 from dsync_core.uidvalidity import allocate_uidvalidity
 
 from . import filename as fn
@@ -1154,15 +1154,16 @@ class MaildirMailbox(Mailbox):
         return sorted({idx[k] for k in keywords})
 
     def stage(self, requests: list[SaveRequest]) -> list[SaveRequest]:
-        """Bodies held in memory get their tmp files written on the helper threads now,
-        while the engine saves the batch before (tmp files need no lock)."""
+        """Bodies any thread may read (``streams.any_thread``: held in memory, or streams
+        that say so) get their tmp files written on the helper threads now, while the
+        engine saves the batch before (tmp files need no lock)."""
         pool = self.storage.tmp_writers()
         if pool is None:
             return requests
         out = []
         for r in requests:
-            if counted_sizes(r.body) is None:
-                out.append(r)  # streamed: save() reads it, in order
+            if not any_thread(r.body):
+                out.append(r)  # tied to the caller's stream: save() reads it, in order
                 continue
             gen = fn.generate_base()
             tmp = os.path.join(self.dir, "tmp", gen)
@@ -1227,9 +1228,9 @@ class MaildirMailbox(Mailbox):
                     tmp = os.path.join(tmp_dir, gen)
                     mtime = r.internaldate if r.internaldate is not None else int(time.time())
                     plans.append({"tmp": tmp, "gen": gen, "mtime": mtime})
-                    # A counted body is whole in memory and tied to no connection: any thread
-                    # may read it. Streamed ones are read here, in the order they were given.
-                    if pool is not None and counted_sizes(r.body) is not None:
+                    # A body held in memory (or a stream that says so) may be read by any
+                    # thread; other streamed ones are read here, in the order given.
+                    if pool is not None and any_thread(r.body):
                         pending.append(pool.submit(self._write_tmp, tmp, r.body, mtime))
                     else:
                         pending.append(self._write_tmp(tmp, r.body, mtime))

@@ -624,3 +624,33 @@ def test_staged_bodies_closed_unsaved_leave_nothing(open_maildir) -> None:  # ty
     assert os.listdir(tmp) == [] and os.listdir(os.path.join(other.dir, "tmp")) == []
     assert [r.uid for r in st.open_mailbox("INBOX").records()] == [1, 2]
     assert list(st.open_mailbox("Other").records()) == []
+
+
+def test_streams_any_thread_may_read_are_written_by_helpers(open_maildir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A streamed body that says any thread may read it (``any_thread``, as imapc's big
+    bodies read through worker connections do) is written on a helper thread, staged or
+    not; one that does not say so is read by the caller, in order."""
+    import threading
+
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    where: dict[bytes, str] = {}
+    real = box._write_tmp
+
+    def spy(path, body, mtime):  # type: ignore[no-untyped-def]
+        got = real(path, body, mtime)
+        with open(path, "rb") as f:
+            where[f.read()] = threading.current_thread().name
+        return got
+
+    monkeypatch.setattr(box, "_write_tmp", spy)
+
+    class Free(io.BytesIO):
+        any_thread = True
+
+    bodies = [f"Subject: {i}\r\n\r\n{i}\r\n".encode() for i in range(6)]
+    reqs = [SaveRequest(Free(b) if i % 2 else io.BytesIO(b)) for i, b in enumerate(bodies)]
+    saved = box.save(box.stage(reqs[:3]) + reqs[3:])
+    assert [r.uid for r in saved] == list(range(1, 7))
+    assert [where[b].startswith("maildir-tmp") for b in bodies] == [i % 2 == 1 for i in range(6)]
+    assert [box.open_body(r.uid).read() for r in saved] == bodies
