@@ -264,8 +264,9 @@ class _SaveBatch:
 
     def close(self) -> None:
         # Staged bodies first: closing one that no save() took removes what it wrote.
+        opened = {id(o) for o in self.opened}
         for r in self.reqs:
-            if r.body not in self.opened:
+            if id(r.body) not in opened:
                 with contextlib.suppress(OSError):
                     r.body.close()
         for o in self.opened:
