@@ -472,20 +472,10 @@ def test_a_failed_write_inside_writing_releases_the_lock(open_maildir) -> None: 
     assert [r.uid for r in other.records()] == [1, 2]
 
 
-@pytest.mark.parametrize("writers", [2, 0])
-def test_in_memory_bodies_are_written_by_helper_threads(open_maildir, monkeypatch, writers: int) -> None:  # type: ignore[no-untyped-def]
-    """Bodies held in memory (CountedBody) get their tmp files written on the storage's
-    helper threads, streamed ones on the caller's; the result is the same either way: the
-    UIDs in the order given, each file byte for byte, S= and W= right."""
+def _writer_threads(box, monkeypatch) -> dict[bytes, str]:  # type: ignore[no-untyped-def]
+    """Record which thread wrote each tmp file of ``box`` (by the file's bytes)."""
     import threading
 
-    import dsync_maildir.storage as mod
-
-    from dsync_core.streams import CountedBody
-
-    monkeypatch.setattr(mod, "TMP_WRITERS", writers)
-    st = open_maildir()
-    box = st.open_mailbox("INBOX")
     where: dict[bytes, str] = {}
     real = box._write_tmp
 
@@ -496,6 +486,22 @@ def test_in_memory_bodies_are_written_by_helper_threads(open_maildir, monkeypatc
         return got
 
     monkeypatch.setattr(box, "_write_tmp", spy)
+    return where
+
+
+@pytest.mark.parametrize("writers", [2, 0])
+def test_in_memory_bodies_are_written_by_helper_threads(open_maildir, monkeypatch, writers: int) -> None:  # type: ignore[no-untyped-def]
+    """Bodies held in memory (CountedBody) get their tmp files written on the storage's
+    helper threads, streamed ones on the caller's; the result is the same either way: the
+    UIDs in the order given, each file byte for byte, S= and W= right."""
+    import dsync_maildir.storage as mod
+
+    from dsync_core.streams import CountedBody
+
+    monkeypatch.setattr(mod, "TMP_WRITERS", writers)
+    st = open_maildir()
+    box = st.open_mailbox("INBOX")
+    where = _writer_threads(box, monkeypatch)
     bodies = [f"Subject: {i}\r\n\r\n".encode() + (b"crlf line\r\n" if i % 3 else b"bare lf\n") * (i + 1)
               for i in range(12)]
     reqs = [SaveRequest(CountedBody(b) if i % 4 else io.BytesIO(b)) for i, b in enumerate(bodies)]
@@ -630,20 +636,9 @@ def test_streams_any_thread_may_read_are_written_by_helpers(open_maildir, monkey
     """A streamed body that says any thread may read it (``any_thread``, as imapc's big
     bodies read through worker connections do) is written on a helper thread, staged or
     not; one that does not say so is read by the caller, in order."""
-    import threading
-
     st = open_maildir()
     box = st.open_mailbox("INBOX")
-    where: dict[bytes, str] = {}
-    real = box._write_tmp
-
-    def spy(path, body, mtime):  # type: ignore[no-untyped-def]
-        got = real(path, body, mtime)
-        with open(path, "rb") as f:
-            where[f.read()] = threading.current_thread().name
-        return got
-
-    monkeypatch.setattr(box, "_write_tmp", spy)
+    where = _writer_threads(box, monkeypatch)
 
     class Free(io.BytesIO):
         any_thread = True
